@@ -1,0 +1,3 @@
+"""memd: a memcached-compatible cache node on trio."""
+
+__version__ = "0.1.0"
