@@ -105,6 +105,30 @@ def memd_server():
     s.cleanup()
 
 
+def _diff_flags() -> tuple[str, ...]:
+    return ()
+
+
+@pytest.fixture(scope="session")
+def diff_pair():
+    """(memcached, memd) started with the same flags, for differential tests.
+
+    With MEMD_DIFF_SELFTEST=1 the second server is another memcached: the
+    differential harness must then pass, which proves the generators keep the
+    byte stream in step and the normalisers do not hide real differences.
+    """
+    second = "memcached" if os.environ.get("MEMD_DIFF_SELFTEST") == "1" else "memd"
+    mc = _start("memcached", _diff_flags())
+    try:
+        md = _start(second, _diff_flags())
+    except BaseException:
+        mc.cleanup()
+        raise
+    yield mc, md
+    md.cleanup()
+    mc.cleanup()
+
+
 @pytest.fixture(params=["memcached", "memd"])
 def server_kind(request):
     return request.param
