@@ -1,0 +1,72 @@
+"""Per-class LRU lists on typed arrays: O(1) link, unlink, bump and tail.
+
+Links are item ids in two ``array('i')`` (-1 ends a list), so a list of a
+million items is 8 MB of arrays and no Python objects.  Head is the most
+recently used item, tail the next to evict.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Iterator
+
+NIL = -1
+
+
+class LRU:
+    def __init__(self, n_classes: int) -> None:
+        self.prev = array("i")
+        self.next = array("i")
+        self.head = [NIL] * (n_classes + 1)
+        self.tail = [NIL] * (n_classes + 1)
+        self.count = [0] * (n_classes + 1)
+
+    def link(self, cls: int, item: int) -> None:
+        """Put ``item`` at the head of its class's list."""
+        old = self.head[cls]
+        self.prev[item] = NIL
+        self.next[item] = old
+        if old == NIL:
+            self.tail[cls] = item
+        else:
+            self.prev[old] = item
+        self.head[cls] = item
+        self.count[cls] += 1
+
+    def unlink(self, cls: int, item: int) -> None:
+        p = self.prev[item]
+        n = self.next[item]
+        if p == NIL:
+            self.head[cls] = n
+        else:
+            self.next[p] = n
+        if n == NIL:
+            self.tail[cls] = p
+        else:
+            self.prev[n] = p
+        self.count[cls] -= 1
+
+    def bump(self, cls: int, item: int) -> None:
+        """Move ``item`` to the head."""
+        if self.head[cls] != item:
+            self.unlink(cls, item)
+            self.link(cls, item)
+
+    def from_tail(self, cls: int, limit: int) -> Iterator[int]:
+        """Up to ``limit`` items from the tail towards the head."""
+        item = self.tail[cls]
+        prev = self.prev
+        while item != NIL and limit > 0:
+            nxt = prev[item]     # read first: the caller may unlink ``item``
+            yield item
+            item = nxt
+            limit -= 1
+
+    def items(self, cls: int) -> Iterator[int]:
+        """Every item of the class, head first."""
+        item = self.head[cls]
+        nxt = self.next
+        while item != NIL:
+            following = nxt[item]
+            yield item
+            item = following

@@ -1,0 +1,216 @@
+"""The slab allocator: memory pages carved into fixed-size chunks per size class.
+
+Every item lives in one chunk of one slab page (a ``bytearray``).  An item is
+known by its *id*, a small integer; everything about an item other than its
+bytes lives in typed arrays indexed by that id (here its page and offset;
+the LRU, the index and the store register arrays of their own).  That keeps
+millions of items out of Python's object model: no per-item objects for the
+garbage collector to walk, a few dozen bytes of metadata per item, and a hard
+bound on memory.
+
+Memory accounting: ``-m`` bounds the pages *and* the metadata of the chunks
+they hold, so the limit is a limit on what the cache really uses.  As in
+memcached, a class may always take its first page even past the limit, so a
+tiny ``-m`` still stores something of every size.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+
+PAGE_SIZE = 1 << 20
+# memcached's item header is 48 bytes; its first class is header + -n.  Using
+# the same formula makes `stats slabs` show memcached's chunk sizes.
+MEMCACHED_ITEM_HEADER = 48
+CHUNK_ALIGN = 8
+MAX_CLASSES = 63
+
+
+def class_sizes(page_size: int, factor: float, min_size: int) -> list[int]:
+    """Chunk sizes of the classes, smallest first, the last one a whole page."""
+    sizes = []
+    size = MEMCACHED_ITEM_HEADER + min_size
+    while size <= page_size // factor and len(sizes) < MAX_CLASSES - 1:
+        if size % CHUNK_ALIGN:
+            size += CHUNK_ALIGN - size % CHUNK_ALIGN
+        sizes.append(size)
+        size = int(size * factor)
+    sizes.append(page_size)
+    return sizes
+
+
+class SlabClass:
+    """One size class: its pages, its free chunks and its counters."""
+
+    __slots__ = (
+        "id", "chunk_size", "per_page", "pages", "free", "end_next", "end_left",
+        "used", "requested",
+        # counters reported by `stats items` / `stats slabs`
+        "evicted", "evicted_nonzero", "evicted_time", "evicted_unfetched",
+        "reclaimed", "expired_unfetched", "outofmemory", "crawler_reclaimed",
+        "cmd_set", "delete_hits", "incr_hits", "decr_hits",
+        "cas_hits", "cas_badval", "touch_hits",
+    )
+
+    def __init__(self, class_id: int, chunk_size: int, page_size: int) -> None:
+        self.id = class_id
+        self.chunk_size = chunk_size
+        self.per_page = page_size // chunk_size
+        self.pages: list[int] = []       # page numbers owned by this class
+        self.free = array("i")           # freed chunk ids, used as a stack
+        self.end_next = 0                # next never-used id in the newest page
+        self.end_left = 0                # never-used chunks left in the newest page
+        self.used = 0                    # chunks holding an item
+        self.requested = 0               # bytes of those items (mem_requested)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.evicted = self.evicted_nonzero = self.evicted_time = 0
+        self.evicted_unfetched = self.reclaimed = self.expired_unfetched = 0
+        self.outofmemory = self.crawler_reclaimed = 0
+        self.cmd_set = self.delete_hits = 0
+        self.incr_hits = self.decr_hits = self.cas_hits = 0
+        self.cas_badval = self.touch_hits = 0
+
+    @property
+    def total_chunks(self) -> int:
+        return len(self.pages) * self.per_page
+
+    @property
+    def free_chunks(self) -> int:
+        return len(self.free) + self.end_left
+
+
+class SlabAllocator:
+    """Pages, classes and the per-item id space."""
+
+    def __init__(self, mem_limit: int, item_size_max: int = PAGE_SIZE,
+                 factor: float = 1.25, min_size: int = 48) -> None:
+        if factor <= 1.0:
+            raise ValueError("factor must be greater than 1.0")
+        self.mem_limit = mem_limit
+        self.page_size = max(PAGE_SIZE, item_size_max)
+        self.item_size_max = item_size_max
+        self.sizes = class_sizes(self.page_size, factor, min_size)
+        # classes[0] is a placeholder so class ids are 1-based, as in memcached
+        self.classes: list[SlabClass | None] = [None] + [
+            SlabClass(i + 1, size, self.page_size) for i, size in enumerate(self.sizes)]
+        self.pages: list[bytearray] = []
+        self.page_class = array("B")
+        self.page_first_id = array("I")
+        # per-id location
+        self.id_page = array("I")
+        self.id_offset = array("I")
+        self.id_class = array("B")
+        self._id_arrays: list[array] = [self.id_page, self.id_offset, self.id_class]
+        self.n_ids = 0
+        self.malloced = 0      # bytes of pages (memcached's total_malloced)
+        self.accounted = 0     # pages plus the metadata of their chunks
+
+    # -- registry of per-id arrays -------------------------------------------
+
+    def register(self, arr: array) -> array:
+        """Grow ``arr`` with the id space from now on; returns it."""
+        if len(arr) < self.n_ids:
+            arr.frombytes(bytes((self.n_ids - len(arr)) * arr.itemsize))
+        self._id_arrays.append(arr)
+        return arr
+
+    @property
+    def bytes_per_id(self) -> int:
+        return sum(a.itemsize for a in self._id_arrays)
+
+    # -- classes ---------------------------------------------------------------
+
+    def class_for(self, total: int) -> int:
+        """The smallest class whose chunk holds ``total`` bytes (0 if none)."""
+        i = bisect_left(self.sizes, total)
+        return i + 1 if i < len(self.sizes) else 0
+
+    # -- chunks ----------------------------------------------------------------
+
+    def alloc(self, class_id: int) -> int:
+        """A free chunk id of the class, or -1 when it has none and no page is left."""
+        cls = self.classes[class_id]
+        if cls.free:
+            cid = cls.free.pop()
+        elif cls.end_left:
+            cid = cls.end_next
+            cls.end_next += 1
+            cls.end_left -= 1
+        elif self._grow(cls):
+            cid = cls.end_next
+            cls.end_next += 1
+            cls.end_left -= 1
+        else:
+            return -1
+        cls.used += 1
+        return cid
+
+    def release(self, cid: int) -> None:
+        cls = self.classes[self.id_class[cid]]
+        cls.free.append(cid)
+        cls.used -= 1
+
+    def page_cost(self, cls: SlabClass) -> int:
+        return self.page_size + cls.per_page * self.bytes_per_id
+
+    def can_grow(self, cls: SlabClass) -> bool:
+        return (not cls.pages) or self.accounted + self.page_cost(cls) <= self.mem_limit
+
+    def _grow(self, cls: SlabClass) -> bool:
+        if not self.can_grow(cls):
+            return False
+        self._assign_page(cls, bytearray(self.page_size))
+        return True
+
+    def _assign_page(self, cls: SlabClass, page: bytearray, page_no: int = -1) -> None:
+        """Hand a page to a class: give it a fresh block of ids."""
+        if page_no < 0:
+            page_no = len(self.pages)
+            self.pages.append(page)
+            self.page_class.append(cls.id)
+            self.page_first_id.append(0)
+            self.malloced += self.page_size
+        else:
+            self.page_class[page_no] = cls.id
+        first = self.n_ids
+        n = cls.per_page
+        for arr in self._id_arrays:
+            arr.frombytes(bytes(n * arr.itemsize))
+        self.n_ids += n
+        self.accounted += self.page_cost(cls)
+        self.page_first_id[page_no] = first
+        size = cls.chunk_size
+        id_page, id_offset, id_class = self.id_page, self.id_offset, self.id_class
+        for i in range(n):
+            id_page[first + i] = page_no
+            id_offset[first + i] = i * size
+            id_class[first + i] = cls.id
+        cls.pages.append(page_no)
+        cls.end_next = first
+        cls.end_left = n
+
+    def page_ids(self, page_no: int) -> range:
+        cls = self.classes[self.page_class[page_no]]
+        first = self.page_first_id[page_no]
+        return range(first, first + cls.per_page)
+
+    def take_page(self, cls: SlabClass, page_no: int) -> None:
+        """Remove an (emptied) page from a class; its ids are retired.
+
+        The caller has already unlinked every item on the page.  Retired ids
+        keep their metadata slots (the arrays only grow), so the accounting
+        keeps charging for them: a moved page costs its new ids on top.
+        """
+        ids = self.page_ids(page_no)
+        lo, hi = ids.start, ids.stop
+        keep = array("i", (c for c in cls.free if not lo <= c < hi))
+        cls.free = keep
+        if cls.end_left and lo <= cls.end_next < hi:
+            cls.end_left = 0
+        cls.pages.remove(page_no)
+        self.accounted -= self.page_size
+        for c in ids:
+            self.id_class[c] = 0

@@ -1,0 +1,599 @@
+"""The item store: memcached 1.6's command semantics over the slab allocator.
+
+Synchronous and free of I/O: the protocols call it, the server never awaits
+inside it.
+
+Item layout in its chunk (chosen so a text ``get`` is one slice)::
+
+    <key> " " <flags> " " <bytes> "\\r\\n" <value> "\\r\\n"
+    ^0          ^ klen                     ^ vstart
+
+so ``b"VALUE " + chunk[:vstart + vlen + 2]`` is the complete reply for a
+hit.  Everything else about an item lives in typed arrays indexed by item
+id (see slabs.py).
+
+Time follows memcached: whole seconds from the clock, expiry times stored
+as absolute Unix seconds (0 = never), ``flush_all`` recorded as an
+``oldest_live`` moment plus an ``oldest_cas`` bound for same-second items.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+
+import xxhash
+
+from .clock import SystemClock
+from .index import HashIndex
+from .lru import LRU, NIL
+from .slabs import SlabAllocator
+
+# results of store()
+STORED, NOT_STORED, EXISTS, NOT_FOUND, TOO_LARGE, NO_MEMORY = range(6)
+# store() modes
+SET, ADD, REPLACE, APPEND, PREPEND, CAS = range(6)
+# results of delete() / incr_decr()
+DELETED = STORED
+NON_NUMERIC = 6
+
+# item flag bits (array 'B' per item)
+LINKED = 1        # in the index and an LRU list
+FETCHED = 2       # read at least once since stored
+STALE = 4         # meta: invalidated, served stale until recached
+WIN_SENT = 8      # meta: a client was handed the right to recache
+
+REALTIME_MAXDELTA = 60 * 60 * 24 * 30
+# memcached's item header (48) + CAS (8) + key NUL (1) + value CRLF (2): its
+# "too large" test is on that total, and we use the same test so the same
+# values are refused by both.
+MEMCACHED_ITEM_OVERHEAD = 48 + 8 + 1 + 2
+TAIL_SEARCH = 5   # how far up the tail to look for an expired item before evicting
+
+U64 = (1 << 64) - 1
+_hash = xxhash.xxh3_64_intdigest
+
+
+def parse_u64(data) -> int | None:
+    """A decimal as C's strtoull reads it in memcached's safe_strtoull.
+
+    Leading whitespace and a sign are accepted, trailing whitespace ends the
+    number, anything else fails; a value too big for 64 bits fails; a '-' is
+    only rejected when the result would look negative as a signed number
+    (memcached's quirk, kept so incr on such values behaves the same).
+    Returns None on failure.
+    """
+    s = bytes(data)
+    i, n = 0, len(s)
+    while i < n and s[i] in b" \t\n\v\f\r":
+        i += 1
+    neg = False
+    if i < n and s[i] in b"+-":
+        neg = s[i] == 0x2D
+        i += 1
+    start = i
+    while i < n and 0x30 <= s[i] <= 0x39:
+        i += 1
+    if i == start:
+        return None
+    if i < n and s[i] not in b" \t\n\v\f\r":
+        return None
+    value = int(s[start:i])
+    if value > U64:
+        return None
+    if neg:
+        value = (-value) & U64
+        if value >= 1 << 63:
+            return None
+    return value
+
+
+@dataclass
+class StoreSettings:
+    mem_limit: int = 64 << 20
+    item_size_max: int = 1 << 20
+    factor: float = 1.25
+    min_size: int = 48
+    evictions: bool = True
+    bump_interval: int = 60     # seconds between LRU bumps of one item (memcached's ITEM_UPDATE_INTERVAL)
+
+
+class ItemStore:
+    COUNTERS = (
+        "cmd_get", "cmd_set", "cmd_touch", "cmd_flush", "get_hits", "get_misses",
+        "get_expired", "get_flushed", "delete_hits", "delete_misses", "incr_hits",
+        "incr_misses", "decr_hits", "decr_misses", "cas_hits", "cas_misses",
+        "cas_badval", "touch_hits", "touch_misses", "evictions", "reclaimed",
+        "expired_unfetched", "evicted_unfetched", "evicted_active", "total_items",
+        "crawler_reclaimed",
+    )
+
+    def __init__(self, settings: StoreSettings | None = None, clock=None) -> None:
+        self.settings = s = settings or StoreSettings()
+        self.clock = clock or SystemClock()
+        self.started = self.clock()
+        self.slabs = slabs = SlabAllocator(s.mem_limit, s.item_size_max, s.factor, s.min_size)
+        self.pages = slabs.pages
+        self.id_page = slabs.id_page
+        self.id_offset = slabs.id_offset
+        self.id_class = slabs.id_class
+        self.lru = LRU(len(slabs.sizes))
+        self.index = HashIndex(self._key_at)
+        reg = slabs.register
+        reg(self.lru.prev)
+        reg(self.lru.next)
+        reg(self.index.hash)
+        reg(self.index.chain)
+        self.klen = reg(self.index.klen)
+        self.flags = reg(array("I"))
+        self.exptime = reg(array("I"))
+        self.atime = reg(array("I"))
+        self.cas = reg(array("Q"))
+        self.vstart = reg(array("H"))
+        self.vlen = reg(array("I"))
+        self.iflags = reg(array("B"))
+        self.next_cas = 1
+        self.oldest_live = 0
+        self.oldest_cas = 0
+        self.curr_items = 0
+        self.bytes = 0
+        self.reclaim_cursor = 0
+        self.class_get_hits = array("Q", bytes(8 * len(slabs.classes)))
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
+        for cls in self.slabs.classes[1:]:
+            cls.reset_counters()
+        for i in range(len(self.class_get_hits)):
+            self.class_get_hits[i] = 0
+
+    # -- small helpers ---------------------------------------------------------
+
+    def _key_at(self, item: int, n: int) -> bytes:
+        off = self.id_offset[item]
+        return self.pages[self.id_page[item]][off:off + n]
+
+    def abs_exptime(self, exptime: int, now: int) -> int:
+        """memcached's realtime(): client exptime → absolute seconds (0 = never)."""
+        if exptime == 0:
+            return 0
+        if exptime < 0:
+            return 1            # already expired
+        if exptime > REALTIME_MAXDELTA:
+            return exptime if exptime > self.started else 1
+        return now + exptime
+
+    def _dead(self, item: int, now: int) -> int:
+        """0 if live, 1 if expired, 2 if flushed."""
+        exp = self.exptime[item]
+        if exp and exp <= now:
+            return 1
+        ol = self.oldest_live
+        if ol and ol <= now and (self.atime[item] <= ol or
+                                 (self.oldest_cas and self.cas[item] < self.oldest_cas)):
+            return 2
+        return 0
+
+    def _new_cas(self) -> int:
+        c = self.next_cas
+        self.next_cas = c + 1
+        return c
+
+    # -- linking ---------------------------------------------------------------
+
+    def _unlink(self, item: int) -> None:
+        cls_id = self.id_class[item]
+        self.index.remove(item)
+        self.lru.unlink(cls_id, item)
+        total = self.vstart[item] + self.vlen[item] + 2
+        cls = self.slabs.classes[cls_id]
+        cls.requested -= total
+        self.bytes -= total
+        self.curr_items -= 1
+        self.iflags[item] = 0
+        self.slabs.release(item)
+
+    def _reclaim(self, item: int) -> None:
+        """Unlink an expired or flushed item found in passing."""
+        cls = self.slabs.classes[self.id_class[item]]
+        cls.reclaimed += 1
+        self.reclaimed += 1
+        if not self.iflags[item] & FETCHED:
+            cls.expired_unfetched += 1
+            self.expired_unfetched += 1
+        self._unlink(item)
+
+    def _evict(self, item: int, now: int) -> None:
+        cls = self.slabs.classes[self.id_class[item]]
+        cls.evicted += 1
+        self.evictions += 1
+        cls.evicted_time = now - self.atime[item]
+        if self.exptime[item]:
+            cls.evicted_nonzero += 1
+        if not self.iflags[item] & FETCHED:
+            cls.evicted_unfetched += 1
+            self.evicted_unfetched += 1
+        self._unlink(item)
+
+    def _alloc(self, cls_id: int, now: int) -> int:
+        """A chunk of the class: free, new, reclaimed from the tail, or evicted."""
+        item = self.slabs.alloc(cls_id)
+        if item >= 0:
+            return item
+        for cand in self.lru.from_tail(cls_id, TAIL_SEARCH):
+            if self._dead(cand, now):
+                self._reclaim(cand)
+                return self.slabs.alloc(cls_id)
+        tail = self.lru.tail[cls_id]
+        if tail == NIL or not self.settings.evictions:
+            self.slabs.classes[cls_id].outofmemory += 1
+            return -1
+        self._evict(tail, now)
+        return self.slabs.alloc(cls_id)
+
+    def find(self, key: bytes, now: int | None = None) -> int:
+        """The live item for ``key`` or -1; dead items met are reclaimed."""
+        if now is None:
+            now = self.clock()
+        item = self.index.find(key, _hash(key))
+        if item != NIL and self._dead(item, now):
+            self._reclaim(item)
+            return NIL
+        return item
+
+    def _find_for_get(self, key: bytes, now: int) -> int:
+        item = self.index.find(key, _hash(key))
+        if item != NIL:
+            dead = self._dead(item, now)
+            if dead:
+                if dead == 1:
+                    self.get_expired += 1
+                else:
+                    self.get_flushed += 1
+                self._reclaim(item)
+                return NIL
+        return item
+
+    def _touched(self, item: int, now: int) -> None:
+        """Mark a hit: fetched, and bumped to the LRU head at most every interval."""
+        self.iflags[item] |= FETCHED
+        if now - self.atime[item] >= self.settings.bump_interval:
+            self.atime[item] = now
+            self.lru.bump(self.id_class[item], item)
+
+    def _write(self, key: bytes, flags: int, exp: int, value, now: int, cas: int = 0) -> int:
+        """Allocate and fill a new item (not yet linked); -1 if no memory."""
+        klen = len(key)
+        vlen = len(value)
+        suffix = b" %d %d\r\n" % (flags, vlen)
+        vstart = klen + len(suffix)
+        total = vstart + vlen + 2
+        cls_id = self.slabs.class_for(total)
+        item = self._alloc(cls_id, now)
+        if item < 0:
+            return -1
+        page = self.pages[self.id_page[item]]
+        off = self.id_offset[item]
+        page[off:off + vstart] = key + suffix
+        end = off + vstart + vlen
+        page[off + vstart:end] = value
+        page[end:end + 2] = b"\r\n"
+        self.klen[item] = klen
+        self.vstart[item] = vstart
+        self.vlen[item] = vlen
+        self.flags[item] = flags
+        self.exptime[item] = exp
+        self.atime[item] = now
+        self.cas[item] = cas or self._new_cas()
+        return item
+
+    def _link(self, item: int, key: bytes) -> None:
+        cls_id = self.id_class[item]
+        self.index.insert(item, _hash(key))
+        self.lru.link(cls_id, item)
+        self.iflags[item] = LINKED
+        total = self.vstart[item] + self.vlen[item] + 2
+        self.slabs.classes[cls_id].requested += total
+        self.bytes += total
+        self.curr_items += 1
+        self.total_items += 1
+
+    def _replace(self, old: int, new: int, key: bytes) -> None:
+        # the allocation may have evicted ``old`` itself (it can be the tail)
+        if old >= 0 and self.iflags[old] & LINKED and old != new:
+            self._unlink(old)
+        self._link(new, key)
+
+    # -- item accessors (for the protocols) ------------------------------------
+
+    def key_of(self, item: int) -> bytes:
+        return self._key_at(item, self.klen[item])
+
+    def value_of(self, item: int) -> bytes:
+        off = self.id_offset[item] + self.vstart[item]
+        return bytes(self.pages[self.id_page[item]][off:off + self.vlen[item]])
+
+    def value_view(self, item: int) -> memoryview:
+        """The value without copying (valid until the item changes)."""
+        off = self.id_offset[item] + self.vstart[item]
+        return memoryview(self.pages[self.id_page[item]])[off:off + self.vlen[item]]
+
+    def text_value(self, item: int) -> bytes:
+        """``<key> <flags> <bytes>\\r\\n<value>\\r\\n``: a get reply minus "VALUE "."""
+        off = self.id_offset[item]
+        return self.pages[self.id_page[item]][off:off + self.vstart[item] + self.vlen[item] + 2]
+
+    def ttl_of(self, item: int, now: int | None = None) -> int:
+        """Seconds left to live, -1 for never (meta's t flag)."""
+        exp = self.exptime[item]
+        if not exp:
+            return -1
+        if now is None:
+            now = self.clock()
+        return max(exp - now, 0)
+
+    def item_size(self, item: int) -> int:
+        return self.vstart[item] + self.vlen[item] + 2
+
+    def too_large(self, klen: int, vlen: int) -> bool:
+        return MEMCACHED_ITEM_OVERHEAD + klen + vlen > self.settings.item_size_max
+
+    # -- commands ----------------------------------------------------------------
+
+    def fetch_text(self, keys, out: list, with_cas: bool = False) -> None:
+        """The text get/gets hot path: append one VALUE block per hit to ``out``.
+
+        The index lookup is inlined with everything in locals: this loop is
+        what a multi-get of 100 keys spends its time in.
+        """
+        now = self.clock()
+        index = self.index
+        old = index.old
+        buckets, mask = index.buckets, index.mask
+        old_mask, migrated = index.old_mask, index.migrated
+        hashes, chain, klen = index.hash, index.chain, self.klen
+        pages, id_page, id_offset = self.pages, self.id_page, self.id_offset
+        vstart, vlen, exptime, atime = self.vstart, self.vlen, self.exptime, self.atime
+        iflags, id_class, class_hits = self.iflags, self.id_class, self.class_get_hits
+        oldest_live = self.oldest_live
+        if oldest_live > now:
+            oldest_live = 0
+        bump_before = now - self.settings.bump_interval
+        append = out.append
+        hits = 0
+        for key in keys:
+            h = _hash(key)
+            if old is not None and (h & old_mask) >= migrated:
+                item = old[h & old_mask]
+            else:
+                item = buckets[h & mask]
+            n = len(key)
+            while item != NIL:
+                if hashes[item] == h and klen[item] == n:
+                    off = id_offset[item]
+                    page = pages[id_page[item]]
+                    if page[off:off + n] == key:
+                        break
+                item = chain[item]
+            else:
+                continue
+            exp = exptime[item]
+            if (exp and exp <= now) or (oldest_live and self._dead(item, now)):
+                self._find_for_get(key, now)      # counts and reclaims it
+                continue
+            hits += 1
+            class_hits[id_class[item]] += 1
+            iflags[item] |= FETCHED
+            if atime[item] <= bump_before:
+                atime[item] = now
+                self.lru.bump(id_class[item], item)
+            vs = vstart[item]
+            if with_cas:
+                append(b"VALUE ")
+                append(page[off:off + vs - 2])
+                append(b" %d\r\n" % self.cas[item])
+                append(page[off + vs:off + vs + vlen[item] + 2])
+            else:
+                append(b"VALUE ")
+                append(page[off:off + vs + vlen[item] + 2])
+        n = len(keys)
+        self.cmd_get += n
+        self.get_hits += hits
+        self.get_misses += n - hits
+
+    def get(self, key: bytes, touch_exptime: int | None = None) -> int:
+        """One counted get (gat when ``touch_exptime`` is given): item or -1."""
+        now = self.clock()
+        item = self._find_for_get(key, now)
+        self.cmd_get += 1
+        if touch_exptime is not None:
+            self.cmd_touch += 1
+        if item == NIL:
+            self.get_misses += 1
+            if touch_exptime is not None:
+                self.touch_misses += 1
+            return NIL
+        self.get_hits += 1
+        cls = self.slabs.classes[self.id_class[item]]
+        if touch_exptime is not None:
+            self.touch_hits += 1
+            cls.touch_hits += 1
+            self.exptime[item] = self.abs_exptime(touch_exptime, now)
+        else:
+            self.class_get_hits[cls.id] += 1
+        self._touched(item, now)
+        return item
+
+    def store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0) -> int:
+        """set/add/replace/append/prepend/cas. Returns STORED, NOT_STORED,
+        EXISTS, NOT_FOUND, TOO_LARGE or NO_MEMORY; ``last_cas`` is the new CAS."""
+        self.last_cas = 0
+        if self.too_large(len(key), len(value)):
+            return TOO_LARGE
+        now = self.clock()
+        self.cmd_set += 1
+        old = self.find(key, now)
+        if old >= 0:
+            self.slabs.classes[self.id_class[old]].cmd_set += 1
+        if mode == SET:
+            pass
+        elif mode == ADD:
+            if old >= 0:
+                # memcached bumps the existing item on a failed add
+                self._touched_update(old, now)
+                return NOT_STORED
+        elif mode == REPLACE:
+            if old < 0:
+                return NOT_STORED
+        elif mode == CAS:
+            if old < 0:
+                self.cas_misses += 1
+                return NOT_FOUND
+            if self.cas[old] != cas:
+                self.cas_badval += 1
+                self.slabs.classes[self.id_class[old]].cas_badval += 1
+                return EXISTS
+            self.cas_hits += 1
+            self.slabs.classes[self.id_class[old]].cas_hits += 1
+        else:  # APPEND / PREPEND keep the old flags and expiry
+            if old < 0:
+                return NOT_STORED
+            if cas and self.cas[old] != cas:
+                return EXISTS
+            current = self.value_of(old)
+            value = current + bytes(value) if mode == APPEND else bytes(value) + current
+            if self.too_large(len(key), len(value)):
+                return TOO_LARGE
+            flags = self.flags[old]
+            exp = self.exptime[old]
+            new = self._write(key, flags, exp, value, now)
+            if new < 0:
+                return NO_MEMORY
+            self._replace(old, new, key)
+            self.last_cas = self.cas[new]
+            return STORED
+        new = self._write(key, flags, self.abs_exptime(exptime, now), value, now)
+        if new < 0:
+            return NO_MEMORY
+        self._replace(old, new, key)
+        self.last_cas = self.cas[new]
+        return STORED
+
+    def _touched_update(self, item: int, now: int) -> None:
+        if now - self.atime[item] >= self.settings.bump_interval:
+            self.atime[item] = now
+            self.lru.bump(self.id_class[item], item)
+
+    def delete(self, key: bytes, cas: int = 0) -> int:
+        """DELETED, NOT_FOUND, or EXISTS (CAS given and different)."""
+        item = self.find(key)
+        if item < 0:
+            self.delete_misses += 1
+            return NOT_FOUND
+        if cas and self.cas[item] != cas:
+            return EXISTS
+        self.delete_hits += 1
+        self.slabs.classes[self.id_class[item]].delete_hits += 1
+        self._unlink(item)
+        return DELETED
+
+    def incr_decr(self, key: bytes, delta: int, incr: bool, cas: int = 0):
+        """(STORED, new value) or (NOT_FOUND | NON_NUMERIC | EXISTS | NO_MEMORY, None)."""
+        now = self.clock()
+        item = self.find(key, now)
+        if item < 0:
+            if incr:
+                self.incr_misses += 1
+            else:
+                self.decr_misses += 1
+            return NOT_FOUND, None
+        if cas and self.cas[item] != cas:
+            return EXISTS, None
+        vlen = self.vlen[item]
+        current = parse_u64(self.value_view(item)) if vlen else None
+        if current is None:
+            return NON_NUMERIC, None
+        cls = self.slabs.classes[self.id_class[item]]
+        if incr:
+            value = (current + delta) & U64
+            self.incr_hits += 1
+            cls.incr_hits += 1
+        else:
+            value = current - delta if delta < current else 0
+            self.decr_hits += 1
+            cls.decr_hits += 1
+        digits = b"%d" % value
+        self._touched(item, now)
+        if len(digits) <= vlen:
+            # memcached rewrites in place, padding with spaces to the old length
+            off = self.id_offset[item] + self.vstart[item]
+            self.pages[self.id_page[item]][off:off + vlen] = digits.ljust(vlen)
+            self.cas[item] = self._new_cas()
+            self.last_cas = self.cas[item]
+            return STORED, value
+        new = self._write(key, self.flags[item], self.exptime[item], digits, now)
+        if new < 0:
+            return NO_MEMORY, None
+        self._replace(item, new, key)
+        self.last_cas = self.cas[new]
+        return STORED, value
+
+    def touch(self, key: bytes, exptime: int) -> int:
+        """The item with its expiry replaced, or -1."""
+        now = self.clock()
+        self.cmd_touch += 1
+        item = self.find(key, now)
+        if item < 0:
+            self.touch_misses += 1
+            return NIL
+        self.touch_hits += 1
+        self.slabs.classes[self.id_class[item]].touch_hits += 1
+        self.exptime[item] = self.abs_exptime(exptime, now)
+        self._touched(item, now)
+        return item
+
+    def flush_all(self, delay: int = 0) -> None:
+        """Invalidate everything stored before now (or before now + delay)."""
+        now = self.clock()
+        self.cmd_flush += 1
+        if delay > 0:
+            self.oldest_live = self.abs_exptime(delay, now) - 1
+        else:
+            self.oldest_live = now - 1
+        if self.oldest_live <= now:
+            self.oldest_cas = self.next_cas
+
+    # -- background work -------------------------------------------------------
+
+    def reclaim_step(self, budget: int = 2000) -> int:
+        """Look at up to ``budget`` chunks, reclaiming expired or flushed items.
+
+        The server calls this from a timer, so expired items free their memory
+        without being touched; a rolling cursor bounds the work per call.
+        """
+        n = self.slabs.n_ids
+        if not n:
+            return 0
+        now = self.clock()
+        iflags = self.iflags
+        cursor = self.reclaim_cursor
+        found = 0
+        for _ in range(min(budget, n)):
+            if cursor >= n:
+                cursor = 0
+            if iflags[cursor] & LINKED and self._dead(cursor, now):
+                cls = self.slabs.classes[self.id_class[cursor]]
+                cls.crawler_reclaimed += 1
+                self.crawler_reclaimed += 1
+                self._reclaim(cursor)
+                found += 1
+            cursor += 1
+        self.reclaim_cursor = cursor
+        self.index.migrate(64)
+        return found
+
+    def items_of_class(self, cls_id: int):
+        """Live item ids of a class, most recent first (for dumps and stats)."""
+        return self.lru.items(cls_id)
