@@ -30,7 +30,7 @@ def run_pymemcache_suite(server, tmp_path: Path) -> subprocess.CompletedProcess:
     # An empty ini file of our own: otherwise pytest could pick up this
     # project's pyproject (its addopts/markers) depending on the cwd.
     ini = tmp_path / "pytest.ini"
-    ini.write_text("[pytest]\n")
+    ini.write_text("[pytest]\nmarkers =\n    integration: needs a running server\n")
     argv = [
         sys.executable, "-m", "pytest", str(SUITE),
         "-c", str(ini), "--rootdir", str(TEST_DIR),
