@@ -58,26 +58,35 @@ class ReplyParser:
         done = gets = sets = hits = 0
         pos = 0
         end = len(data)
-        find = data.find
+        find, rfind, startswith = data.find, data.rfind, data.startswith
         while pos < end:
             nl = find(b"\n", pos)
             if nl < 0:
                 self._tail = data[pos:]
                 break
             first = data[pos]
-            if first == _E and nl - pos == 4 and data.startswith(b"END\r", pos):
-                gets += 1
-                done += 1
-            elif first == _S and nl - pos == 7 and data.startswith(b"STORED\r", pos):
-                sets += 1
-                done += 1
-            elif first == _V and data.startswith(b"VALUE ", pos):
+            # VALUE first: a multi-get reply is mostly VALUE lines.  Only
+            # VALUE (and VERSION, never requested) lines start with "V".
+            if first == _V:
                 hits += 1
-                pos = nl + 1 + self._value_length(data, pos, nl) + 2
+                # "VALUE <key> <flags> <bytes>": replies to get (memd-bench
+                # never sends gets) carry no <cas>, so <bytes> is the last
+                # field.  int() ignores the trailing \r.
+                length = data[rfind(b" ", pos, nl) + 1:nl]
+                try:
+                    pos = nl + 3 + int(length)     # line, data, CRLF
+                except ValueError:
+                    raise ValueError(f"malformed VALUE line: {data[pos:nl]!r}") from None
                 if pos > end:
                     self._skip = pos - end
                     break
                 continue
+            if first == _E and nl - pos == 4 and startswith(b"END\r", pos):
+                gets += 1
+                done += 1
+            elif first == _S and nl - pos == 7 and startswith(b"STORED\r", pos):
+                sets += 1
+                done += 1
             else:
                 self.errors += 1
                 self.last_error = data[pos:nl].rstrip()
@@ -87,12 +96,3 @@ class ReplyParser:
         self.sets += sets
         self.hits += hits
         return done
-
-    @staticmethod
-    def _value_length(data: bytes, pos: int, nl: int) -> int:
-        # VALUE <key> <flags> <bytes> [<cas>]
-        fields = data[pos:nl].split()
-        try:
-            return int(fields[3])
-        except (IndexError, ValueError):
-            raise ValueError(f"malformed VALUE line: {data[pos:nl]!r}") from None
