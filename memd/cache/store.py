@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from ..numbers import strtoull
 from .clock import SystemClock
 from .index import HashIndex
 from .lru import LRU, NIL
@@ -50,42 +51,7 @@ REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 MEMCACHED_ITEM_OVERHEAD = 48 + 8 + 1 + 2
 TAIL_SEARCH = 5   # how far up the tail to look for an expired item before evicting
 
-U64 = (1 << 64) - 1
 _hash = xxhash.xxh3_64_intdigest
-
-
-def parse_u64(data) -> int | None:
-    """A decimal as C's strtoull reads it in memcached's safe_strtoull.
-
-    Leading whitespace and a sign are accepted, trailing whitespace ends the
-    number, anything else fails; a value too big for 64 bits fails; a '-' is
-    only rejected when the result would look negative as a signed number
-    (memcached's quirk, kept so incr on such values behaves the same).
-    Returns None on failure.
-    """
-    s = bytes(data)
-    i, n = 0, len(s)
-    while i < n and s[i] in b" \t\n\v\f\r":
-        i += 1
-    neg = False
-    if i < n and s[i] in b"+-":
-        neg = s[i] == 0x2D
-        i += 1
-    start = i
-    while i < n and 0x30 <= s[i] <= 0x39:
-        i += 1
-    if i == start:
-        return None
-    if i < n and s[i] not in b" \t\n\v\f\r":
-        return None
-    value = int(s[start:i])
-    if value > U64:
-        return None
-    if neg:
-        value = (-value) & U64
-        if value >= 1 << 63:
-            return None
-    return value
 
 
 @dataclass
@@ -512,12 +478,12 @@ class ItemStore:
         if cas and self.cas[item] != cas:
             return EXISTS, None
         vlen = self.vlen[item]
-        current = parse_u64(self.value_view(item)) if vlen else None
+        current = strtoull(self.value_of(item)) if vlen else None
         if current is None:
             return NON_NUMERIC, None
         cls = self.slabs.classes[self.id_class[item]]
         if incr:
-            value = (current + delta) & U64
+            value = (current + delta) & 0xFFFFFFFFFFFFFFFF
             self.incr_hits += 1
             cls.incr_hits += 1
         else:

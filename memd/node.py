@@ -1,0 +1,83 @@
+"""What every connection of a node shares: settings, the store, counters.
+
+The protocols read and update this; the server owns its lifetime.  No I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from . import __version__
+from .cache.store import ItemStore, StoreSettings
+
+# Clients parse the version to pick features, so report the memcached
+# release whose behaviour memd reproduces, with memd's own after it.
+VERSION = f"1.6.18-memd-{__version__}"
+
+
+@dataclass
+class NodeSettings:
+    port: int = 11211
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    memory_limit_mb: int = 64
+    conn_limit: int = 1024
+    max_item_size: int = 1 << 20
+    factor: float = 1.25
+    slab_min_size: int = 48
+    evictions: bool = True
+    verbosity: int = 0
+    enable_shutdown: bool = False
+    threads: int = 1
+    idle_timeout: int = 0
+    flush_enabled: bool = True
+
+    def store_settings(self) -> StoreSettings:
+        return StoreSettings(
+            mem_limit=self.memory_limit_mb << 20,
+            item_size_max=self.max_item_size,
+            factor=self.factor,
+            min_size=self.slab_min_size,
+            evictions=self.evictions,
+        )
+
+
+class ConnInfo:
+    """One connection as `stats conns` reports it."""
+
+    __slots__ = ("fd", "addr", "listen_addr", "state", "last_cmd")
+
+    def __init__(self, fd: int, addr: str, listen_addr: str) -> None:
+        self.fd = fd
+        self.addr = addr
+        self.listen_addr = listen_addr
+        self.state = "conn_parse_cmd"
+        self.last_cmd = time.monotonic()
+
+
+class Node:
+    def __init__(self, settings: NodeSettings | None = None, store: ItemStore | None = None,
+                 clock=None) -> None:
+        self.settings = settings or NodeSettings()
+        self.store = store or ItemStore(self.settings.store_settings(), clock)
+        self.started = time.time()
+        self.pid = os.getpid()
+        self.version = VERSION
+        # connection counters (the server updates them)
+        self.curr_connections = 0
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.conns: dict[int, ConnInfo] = {}
+        self.listeners: list[str] = []
+        # hooks filled in by the server / CLI
+        self.cluster = None            # memd.cluster.config.ClusterConfig
+        self.auth = None               # memd.auth.Authenticator
+        self.shutdown_requested = False
+        self.counters = {"cmd_meta": 0, "store_too_large": 0, "store_no_memory": 0,
+                         "auth_cmds": 0, "auth_errors": 0}
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested = True

@@ -1,0 +1,554 @@
+"""memcached's classic text protocol, sans-IO.
+
+``TextProtocol.feed(data)`` takes whatever bytes arrived and returns the
+reply bytes of every command they completed, so the server can answer a
+whole pipelined read with one send.  Partial input is kept: an unfinished
+line, or a value still arriving over many reads.
+
+Parsing follows memcached 1.6.18's proto_text.c rather than protocol.txt's
+prose wherever the two differ, because clients meet the implementation:
+tokens split on spaces only, a NUL ends the line, at most 24 tokens, numbers
+as C's strtol/strtoul read them (see memd.numbers), and the same error for
+every malformed case.  A line longer than 2048 bytes without a newline
+closes the connection unless it is a get (memcached allows long multi-gets).
+"""
+
+from __future__ import annotations
+
+from .. import stats as stats_mod
+from ..cache import store as st
+from ..numbers import strtol32, strtoul32, strtoull
+
+KEY_MAX = 250
+MAX_TOKENS = 24
+LINE_MAX = 2048           # longest partial line memcached buffers before closing
+GET_LINE_MAX = 1 << 20    # bound for the long multi-get lines memcached does allow
+
+ERROR = b"ERROR\r\n"
+BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
+END = b"END\r\n"
+
+STORE_REPLIES = {
+    st.STORED: b"STORED\r\n", st.NOT_STORED: b"NOT_STORED\r\n", st.EXISTS: b"EXISTS\r\n",
+    st.NOT_FOUND: b"NOT_FOUND\r\n", st.TOO_LARGE: TOO_LARGE, st.NO_MEMORY: NO_MEMORY,
+}
+STORE_MODES = {b"set": st.SET, b"add": st.ADD, b"replace": st.REPLACE,
+               b"append": st.APPEND, b"prepend": st.PREPEND, b"cas": st.CAS}
+
+
+GET_COMMANDS = (b"get", b"gets", b"gat", b"gats", b"bget")
+
+
+def tokenize(line: bytes) -> list[bytes]:
+    """memcached's tokenize_command: split on ' ' only; a NUL ends the line.
+
+    memcached stops after 23 tokens and leaves the rest unsplit as a 24th
+    (only the get family reads on); that is reproduced here, so every other
+    command with too many tokens fails as it does there.
+    """
+    if b"\0" in line:
+        line = line[:line.index(b"\0")]
+    tokens = line.split(b" ")
+    if b"" in tokens:
+        tokens = [t for t in tokens if t]
+    if len(tokens) >= MAX_TOKENS and tokens[0] not in GET_COMMANDS:
+        rest = line.lstrip(b" ")
+        for _ in range(MAX_TOKENS - 1):
+            rest = rest.split(b" ", 1)[1].lstrip(b" ")
+        tokens = tokens[:MAX_TOKENS - 1] + [rest]
+    return tokens
+
+
+class TextProtocol:
+    """One text connection's parser and command dispatcher."""
+
+    def __init__(self, node, meta=None) -> None:
+        self.node = node
+        self.store = node.store
+        self.closed = False            # the server closes after sending the reply
+        self.out: list = []
+        self._partial: list[bytes] = []  # an unfinished line, in the chunks it came in
+        self._partial_len = 0
+        self._long_get = False
+        self._chunks: list[bytes] = [] # input gathered while waiting for a value
+        self._chunks_len = 0
+        self._need = 0                 # bytes the pending data block needs
+        self._on_data = None           # callback for the pending data block
+        self._swallow = 0              # bytes of a refused value still to discard
+        self.authenticated = node.auth is None
+        self.meta = meta
+        self._commands = {
+            b"get": self.cmd_get, b"gets": self.cmd_gets, b"gat": self.cmd_gat,
+            b"gats": self.cmd_gats, b"bget": self.cmd_get,
+            b"set": self.cmd_store, b"add": self.cmd_store, b"replace": self.cmd_store,
+            b"append": self.cmd_store, b"prepend": self.cmd_store, b"cas": self.cmd_store,
+            b"delete": self.cmd_delete, b"incr": self.cmd_arith, b"decr": self.cmd_arith,
+            b"touch": self.cmd_touch, b"flush_all": self.cmd_flush_all,
+            b"version": self.cmd_version, b"quit": self.cmd_quit,
+            b"verbosity": self.cmd_verbosity, b"stats": self.cmd_stats,
+            b"shutdown": self.cmd_shutdown, b"cache_memlimit": self.cmd_memlimit,
+            b"config": self.cmd_config,
+        }
+
+    # -- input ------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume ``data``; return the replies of every command it completed."""
+        out = self.out
+        if self._swallow:
+            if len(data) <= self._swallow:
+                self._swallow -= len(data)
+                return b""
+            data = data[self._swallow:]
+            self._swallow = 0
+        if self._on_data is not None:
+            # a value is arriving: gather chunks, join once when complete
+            self._chunks.append(data)
+            self._chunks_len += len(data)
+            if self._chunks_len < self._need:
+                return b""
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._chunks_len = 0
+            cb, self._on_data = self._on_data, None
+            need = self._need
+            cb(data[:need])
+            data = data[need:]
+            if self.closed:
+                return self._flush()
+        elif self._partial:
+            if b"\n" not in data:
+                self._partial.append(data)
+                self._partial_len += len(data)
+                if self._partial_len > GET_LINE_MAX:
+                    self._hang_up()
+                elif self._partial_len > LINE_MAX and not self._long_get:
+                    self._check_long_line(b"".join(self._partial))
+                return self._flush()
+            self._partial.append(data)
+            data = b"".join(self._partial)
+            self._partial = []
+            self._partial_len = 0
+            self._long_get = False
+        self._parse(data)
+        return self._flush()
+
+    def _flush(self) -> bytes:
+        out = self.out
+        if not out:
+            return b""
+        reply = b"".join(out)
+        out.clear()
+        return reply
+
+    def _parse(self, buf: bytes) -> None:
+        pos = 0
+        n = len(buf)
+        dispatch = self._commands
+        while pos < n and not self.closed:
+            eol = buf.find(b"\n", pos)
+            if eol < 0:
+                rest = buf[pos:]
+                self._partial = [rest]
+                self._partial_len = len(rest)
+                if len(rest) > LINE_MAX:
+                    self._check_long_line(rest)
+                return
+            end = eol - 1 if eol > pos and buf[eol - 1] == 13 else eol
+            line = buf[pos:end]
+            pos = eol + 1
+            tokens = tokenize(line)
+            if not tokens or len(tokens[0]) < 2:
+                self.out.append(ERROR)
+                continue
+            if not self.authenticated:
+                self._auth_gate(tokens)
+            else:
+                handler = dispatch.get(tokens[0])
+                if handler is not None:
+                    handler(tokens)
+                elif tokens[0][0] == 0x6D and len(tokens[0]) == 2:   # m?: meta commands
+                    self.meta_command(tokens)
+                elif tokens[-1].startswith(b"HTTP/") and tokens[0][0] not in b"gsacidtm":
+                    self.closed = True          # memcached hangs up on HTTP requests
+                    return
+                else:
+                    self.out.append(ERROR)
+            if self._on_data is not None:
+                # a storage command wants its data block
+                avail = n - pos
+                if avail >= self._need:
+                    cb, self._on_data = self._on_data, None
+                    cb(buf[pos:pos + self._need])
+                    pos += self._need
+                else:
+                    self._chunks = [buf[pos:]]
+                    self._chunks_len = avail
+                    return
+            elif self._swallow:
+                avail = n - pos
+                if avail >= self._swallow:
+                    pos += self._swallow
+                    self._swallow = 0
+                else:
+                    self._swallow -= avail
+                    return
+
+    def _check_long_line(self, rest: bytes) -> None:
+        """memcached closes on a 2 KB line without a newline unless it is a
+        (long multi-)get; memd also bounds those, at GET_LINE_MAX."""
+        head = rest[:200].lstrip(b" ")
+        if (len(rest) - len(rest.lstrip(b" ")) > 100
+                or not (head.startswith(b"get ") or head.startswith(b"gets "))
+                or len(rest) > GET_LINE_MAX):
+            self._hang_up()
+        else:
+            self._long_get = True     # checked once; from now on only the bound
+
+    def _hang_up(self) -> None:
+        self.closed = True
+        self._partial = []
+        self._partial_len = 0
+
+    def expect_data(self, length: int, callback) -> None:
+        """Have ``callback(block)`` called with the next ``length`` bytes."""
+        self._need = length
+        self._on_data = callback
+
+    def swallow(self, length: int) -> None:
+        self._swallow = length
+
+    # -- helpers ----------------------------------------------------------------
+
+    @staticmethod
+    def noreply(tokens) -> bool:
+        return tokens[-1] == b"noreply"
+
+    def reply(self, tokens, data: bytes) -> None:
+        if tokens[-1] != b"noreply":
+            self.out.append(data)
+
+    # -- retrieval ----------------------------------------------------------------
+
+    def cmd_get(self, tokens) -> None:
+        self._get(tokens, tokens[1:], False)
+
+    def cmd_gets(self, tokens) -> None:
+        self._get(tokens, tokens[1:], True)
+
+    def _get(self, tokens, keys, with_cas: bool) -> None:
+        if not keys:
+            self.out.append(ERROR)
+            return
+        for k in keys:
+            if len(k) > KEY_MAX:
+                self.out.append(BAD_FORMAT)
+                return
+        self.store.fetch_text(keys, self.out, with_cas)
+        self.out.append(END)
+
+    def cmd_gat(self, tokens) -> None:
+        self._gat(tokens, False)
+
+    def cmd_gats(self, tokens) -> None:
+        self._gat(tokens, True)
+
+    def _gat(self, tokens, with_cas: bool) -> None:
+        if len(tokens) < 2:
+            self.out.append(ERROR)
+            return
+        exptime = strtol32(tokens[1])
+        if exptime is None:
+            self.out.append(b"CLIENT_ERROR invalid exptime argument\r\n")
+            return
+        keys = tokens[2:]
+        for k in keys:
+            if len(k) > KEY_MAX:
+                self.out.append(BAD_FORMAT)
+                return
+        store = self.store
+        out = self.out
+        for key in keys:
+            item = store.get(key, exptime)
+            if item < 0:
+                continue
+            if with_cas:
+                out.append(b"VALUE %s %d %d %d\r\n" % (key, store.flags[item], store.vlen[item],
+                                                       store.cas[item]))
+                out.append(store.value_of(item))
+                out.append(b"\r\n")
+            else:
+                out.append(b"VALUE ")
+                out.append(store.text_value(item))
+        out.append(END)
+
+    # -- storage -------------------------------------------------------------------
+
+    def cmd_store(self, tokens) -> None:
+        mode = STORE_MODES[tokens[0]]
+        n = len(tokens)
+        if mode == st.CAS:
+            if n not in (6, 7):
+                self.out.append(ERROR)
+                return
+        elif n not in (5, 6):
+            self.out.append(ERROR)
+            return
+        noreply = tokens[-1] == b"noreply"
+        key = tokens[1]
+        if len(key) > KEY_MAX:
+            self._say(noreply, BAD_FORMAT)
+            return
+        flags = strtoul32(tokens[2])
+        exptime = strtol32(tokens[3])
+        vlen = strtol32(tokens[4])
+        if flags is None or exptime is None or vlen is None:
+            self._say(noreply, BAD_FORMAT)
+            return
+        cas = 0
+        if mode == st.CAS:
+            cas = strtoull(tokens[5])
+            if cas is None:
+                self._say(noreply, BAD_FORMAT)
+                return
+        if vlen < 0 or vlen > 0x7FFFFFFD:
+            self._say(noreply, BAD_FORMAT)
+            return
+        if exptime < 0:
+            exptime = st.REALTIME_MAXDELTA + 1    # memcached: negative means already expired
+        store = self.store
+        if store.too_large(len(key), vlen):
+            # refuse before reading: swallow the data without buffering it
+            self.node.counters["store_too_large"] += 1
+            self._say(noreply, TOO_LARGE)
+            if mode == st.SET:
+                store.delete(key)      # memcached drops the stale value on a failed set
+            self.swallow(vlen + 2)
+            return
+
+        def on_data(block: bytes) -> None:
+            if block[-2:] != b"\r\n":
+                self._say(noreply, BAD_CHUNK)
+                return
+            result = store.store(mode, key, flags, exptime, block[:-2], cas)
+            if result == st.NO_MEMORY:
+                self.node.counters["store_no_memory"] += 1
+            elif result == st.TOO_LARGE:
+                self.node.counters["store_too_large"] += 1
+            if not noreply:
+                self.out.append(STORE_REPLIES[result])
+
+        self.expect_data(vlen + 2, on_data)
+
+    def _say(self, noreply: bool, msg: bytes) -> None:
+        # memcached's noreply silences errors too
+        if not noreply:
+            self.out.append(msg)
+
+    # -- other item commands ----------------------------------------------------------
+
+    def cmd_delete(self, tokens) -> None:
+        n = len(tokens)
+        if not 2 <= n <= 4:
+            self.out.append(ERROR)
+            return
+        noreply = tokens[-1] == b"noreply"
+        if n > 2:
+            hold_is_zero = tokens[2] == b"0"
+            valid = (n == 3 and (hold_is_zero or noreply)) or (n == 4 and hold_is_zero and noreply)
+            if not valid:
+                self._say(noreply, b"CLIENT_ERROR bad command line format.  "
+                                     b"Usage: delete <key> [noreply]\r\n")
+                return
+        key = tokens[1]
+        if len(key) > KEY_MAX:
+            self._say(noreply, BAD_FORMAT)
+            return
+        result = self.store.delete(key)
+        self._say(noreply, b"DELETED\r\n" if result == st.DELETED else b"NOT_FOUND\r\n")
+
+    def cmd_arith(self, tokens) -> None:
+        if len(tokens) not in (3, 4):
+            self.out.append(ERROR)
+            return
+        noreply = tokens[-1] == b"noreply"
+        key = tokens[1]
+        if len(key) > KEY_MAX:
+            self._say(noreply, BAD_FORMAT)
+            return
+        delta = strtoull(tokens[2])
+        if delta is None:
+            self._say(noreply, b"CLIENT_ERROR invalid numeric delta argument\r\n")
+            return
+        result, value = self.store.incr_decr(key, delta, tokens[0] == b"incr")
+        if result == st.STORED:
+            msg = b"%d\r\n" % value
+        elif result == st.NOT_FOUND:
+            msg = b"NOT_FOUND\r\n"
+        elif result == st.NON_NUMERIC:
+            msg = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+        else:
+            msg = b"SERVER_ERROR out of memory\r\n"
+        self._say(noreply, msg)
+
+    def cmd_touch(self, tokens) -> None:
+        if len(tokens) not in (3, 4):
+            self.out.append(ERROR)
+            return
+        noreply = tokens[-1] == b"noreply"
+        key = tokens[1]
+        if len(key) > KEY_MAX:
+            self._say(noreply, BAD_FORMAT)
+            return
+        exptime = strtol32(tokens[2])
+        if exptime is None:
+            self._say(noreply, b"CLIENT_ERROR invalid exptime argument\r\n")
+            return
+        if exptime < 0:
+            exptime = st.REALTIME_MAXDELTA + 1
+        item = self.store.touch(key, exptime)
+        self._say(noreply, b"TOUCHED\r\n" if item >= 0 else b"NOT_FOUND\r\n")
+
+    def cmd_flush_all(self, tokens) -> None:
+        n = len(tokens)
+        if n > 3:
+            self.out.append(ERROR)
+            return
+        noreply = tokens[-1] == b"noreply"
+        if not self.node.settings.flush_enabled:
+            self._say(noreply, b"CLIENT_ERROR flush_all not allowed\r\n")
+            return
+        delay = 0
+        if n != (2 if noreply else 1):
+            delay = strtol32(tokens[1])
+            if delay is None:
+                self._say(noreply, b"CLIENT_ERROR invalid exptime argument\r\n")
+                return
+        self.store.flush_all(delay)
+        self._say(noreply, b"OK\r\n")
+
+    # -- node commands --------------------------------------------------------------
+
+    def cmd_version(self, tokens) -> None:
+        self.out.append(b"VERSION %s\r\n" % self.node.version.encode())
+
+    def cmd_quit(self, tokens) -> None:
+        self.closed = True
+
+    def cmd_verbosity(self, tokens) -> None:
+        n = len(tokens)
+        if n not in (2, 3):
+            self.out.append(ERROR)
+            return
+        noreply = tokens[-1] == b"noreply"
+        level = strtoul32(tokens[1])
+        if level is None:
+            self._say(noreply, BAD_FORMAT)
+            return
+        self.node.settings.verbosity = min(level, 2)
+        self._say(noreply, b"OK\r\n")
+
+    def cmd_memlimit(self, tokens) -> None:
+        n = len(tokens)
+        if n not in (2, 3):
+            self.out.append(ERROR)
+            return
+        noreply = tokens[-1] == b"noreply"
+        limit = strtoul32(tokens[1])
+        if limit is None:
+            self._say(noreply, ERROR)
+        elif limit < 8:
+            self._say(noreply, b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n")
+        elif limit > 1000000000:
+            self._say(noreply, b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n")
+        else:
+            self.store.slabs.mem_limit = limit << 20
+            self.node.settings.memory_limit_mb = limit
+            self._say(noreply, b"OK\r\n")
+
+    def cmd_shutdown(self, tokens) -> None:
+        if not self.node.settings.enable_shutdown:
+            self.out.append(b"ERROR: shutdown not enabled\r\n")
+        elif len(tokens) == 1 or (len(tokens) == 2 and tokens[1] == b"graceful"):
+            self.node.request_shutdown()
+            self.closed = True
+        else:
+            self.out.append(b"CLIENT_ERROR invalid shutdown mode\r\n")
+
+    def cmd_config(self, tokens) -> None:
+        cluster = self.node.cluster
+        if cluster is None or len(tokens) != 3 or tokens[1] != b"get":
+            self.out.append(ERROR)
+            return
+        self.out.append(cluster.reply(tokens[2]))
+
+    def cmd_stats(self, tokens) -> None:
+        node = self.node
+        if len(tokens) == 1:
+            self.out.append(stats_mod.render(stats_mod.general(node)))
+            return
+        sub = tokens[1]
+        if sub == b"reset":
+            self.store.reset_stats()
+            for k in node.counters:
+                node.counters[k] = 0
+            node.total_connections = node.rejected_connections = 0
+            self.out.append(b"RESET\r\n")
+        elif sub == b"detail":
+            arg = tokens[2] if len(tokens) > 2 else b""
+            if arg in (b"on", b"off"):
+                self.out.append(b"OK\r\n")
+            elif arg == b"dump":
+                self.out.append(END)
+            else:
+                self.out.append(b"CLIENT_ERROR usage: stats detail on|off|dump\r\n")
+        elif sub == b"settings":
+            self.out.append(stats_mod.render(stats_mod.settings(node)))
+        elif sub == b"items":
+            self.out.append(stats_mod.render(stats_mod.items(node)))
+        elif sub == b"slabs":
+            self.out.append(stats_mod.render(stats_mod.slabs(node)))
+        elif sub == b"sizes":
+            self.out.append(b"STAT sizes_status disabled\r\nEND\r\n")
+        elif sub == b"conns":
+            self.out.append(stats_mod.render(stats_mod.conns(node)))
+        else:
+            self.out.append(ERROR)
+
+    # -- meta and auth hooks --------------------------------------------------------------
+
+    def meta_command(self, tokens) -> None:
+        if tokens[0] == b"mn":
+            self.out.append(b"MN\r\n")
+        elif self.meta is not None:
+            self.meta.dispatch(self, tokens)
+        else:
+            self.out.append(ERROR)
+
+    def _auth_gate(self, tokens) -> None:
+        """Before authenticating, memcached's text protocol only takes a set
+        whose data is ``<user> <password>``."""
+        if tokens[0] != b"set" or len(tokens) not in (5, 6):
+            self.out.append(b"CLIENT_ERROR unauthenticated\r\n")
+            return
+        vlen = strtol32(tokens[4])
+        if vlen is None or vlen < 0 or vlen > 4096:
+            self.out.append(b"CLIENT_ERROR unauthenticated\r\n")
+            self.closed = True
+            return
+
+        def on_data(block: bytes) -> None:
+            self.node.counters["auth_cmds"] += 1
+            parts = block[:-2].split(b" ")
+            if len(parts) == 2 and self.node.auth.check(parts[0], parts[1]):
+                self.authenticated = True
+                self.out.append(b"STORED\r\n")
+            else:
+                self.node.counters["auth_errors"] += 1
+                self.out.append(b"CLIENT_ERROR authentication failure\r\n")
+                self.closed = True
+
+        self.expect_data(vlen + 2, on_data)
