@@ -193,7 +193,7 @@ def _show_progress(progress, t_start: int, t_end: int, label: str, out) -> None:
         now = time.monotonic_ns()
         n = sum(progress)
         if out and now - last_t > 0.5e9:
-            phase = "warmup" if now < t_start else "run"
+            phase = "warmup" if last_t < t_start else "run"    # the second just shown
             rate = (n - last_n) * 1e9 / (now - last_t)
             print(f"[{(now - begin) / 1e9:5.1f}s] {label} {phase:6} {rate:12,.0f} ops/s",
                   file=out, flush=True)
@@ -370,9 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"config": {**asdict(cfg), "description": describe(cfg)}, "runs": runs}
         if len(runs) == 2:
             doc["ratio_first_to_second"] = ratios(runs[0], runs[1])
-        print(json.dumps(doc, indent=2))
+        text = json.dumps(doc, indent=2)
     else:
-        print(format_table(runs))
+        text = format_table(runs)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:       # `memd-bench | head` is not an error
+        sys.stderr.close()
     return 0
 
 
