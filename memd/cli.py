@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-nodes", help="host:port,... announced by `config get cluster`")
     p.add_argument("--cluster-file", help="file of host:port lines announced by `config get cluster`"
                                           " (re-read when it changes)")
+    p.add_argument("--metrics-port", type=port_number,
+                   help="serve Prometheus metrics over HTTP on this port")
+    p.add_argument("--snapshot", metavar="FILE",
+                   help="load the cache from FILE at start, write it there on graceful shutdown")
     p.add_argument("-V", "--version", action="version", version=f"memd {__version__} ({VERSION})")
     return p
 
@@ -181,6 +185,14 @@ def main(argv=None) -> None:
         except (OSError, ValueError) as exc:
             parser.error(f"cannot load TLS certificate: {exc}")
         node.settings.tls = True
+
+    if args.snapshot:
+        from . import snapshot
+        snapshot.load(node.store, args.snapshot)
+        node.on_shutdown = lambda: snapshot.save(node.store, args.snapshot)
+    if args.metrics_port is not None:
+        from .metrics import start_metrics_server
+        start_metrics_server(node, args.metrics_port, node.settings.listen[0])
 
     import trio
 
