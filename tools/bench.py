@@ -193,7 +193,8 @@ def _show_progress(progress, t_start: int, t_end: int, label: str, out) -> None:
         now = time.monotonic_ns()
         n = sum(progress)
         if out and now - last_t > 0.5e9:
-            phase = "warmup" if last_t < t_start else "run"    # the second just shown
+            # Name the phase most of the interval just shown belongs to.
+            phase = "warmup" if (last_t + now) // 2 < t_start else "run"
             rate = (n - last_n) * 1e9 / (now - last_t)
             print(f"[{(now - begin) / 1e9:5.1f}s] {label} {phase:6} {rate:12,.0f} ops/s",
                   file=out, flush=True)

@@ -108,7 +108,9 @@ class LoadWorker:
                     continue
                 if ev & _OUT and c.pending:
                     self._flush(c)
-                if ev & ~_OUT:        # readable, error or hang-up: recv tells which
+                # Readable, error or hang-up: recv tells which (unless the
+                # flush above already found the connection dead).
+                if ev & ~_OUT and fd in self.conns:
                     self._on_readable(c)
             if progress is not None:
                 progress[slot] = self.completed
