@@ -23,6 +23,7 @@ from test_text_differential import (
     Command,
     Key,
     NAMES,
+    STORAGE_VERBS,
     eols,
     keys,
     noreply,
@@ -57,7 +58,11 @@ numberish = st.sampled_from(
 def garbage_lines(draw):
     verb = draw(st.sampled_from(VERBS))
     args = draw(st.lists(st.one_of(numberish, token_bytes, keys), max_size=7))
-    return Command((verb, *args, *draw(noreply)), draw(eols))
+    # Storage verbs get a (possibly empty) data block, padded to whatever
+    # length memcached would read, so the stream stays in step.
+    data = b"" if verb in STORAGE_VERBS else None
+    cmd = Command((verb, *args, *draw(noreply)), draw(eols), data)
+    return cmd if cmd.reads_at_most(2 * 1024 * 1024) else Command((verb,), cmd.eol, data)
 
 
 @st.composite
