@@ -1,15 +1,528 @@
 """memcached's meta commands (mg, ms, md, ma, me); mn is answered by the text parser.
 
-Being written (issue 4): until then every meta command but mn answers ERROR,
-which is what a memcached without meta support would say.
+Behaviour follows memcached 1.6.18 as it answers on the wire (checked by
+sending it bytes), not protocol.txt where the two differ:
+
+- mg's q hides only EN; ms/md/ma's q hides only HD (and ma's VA).
+- errors are never hidden by q.
+- md and ma report every flag error as "invalid or duplicate flag".
+- ms takes no E flag in 1.6.18 ("invalid flag"), and only me counts in
+  the cmd_meta stat.
+- a bad ms line is refused before the data block when the line itself is
+  unusable (key, token count, length); with a usable length, flag errors
+  swallow the data block as memcached does.
+
+Items carry memcached's stale-while-revalidate state in the store's
+per-item flags: STALE (md I, ms I with an older CAS), WIN_SENT (a client
+was told W), and KEY_BINARY (the key arrived base64-encoded).
 """
 
 from __future__ import annotations
+
+from ..cache import store as st
+from ..numbers import strtol32
+from .meta_flags import (
+    BAD_FORMAT, KEY_BINARY, KEY_MAX, MAX_TOKENS, OPAQUE_MAX, b64decode,
+    b64encode, key_token, memcached_class, memcached_size, preparse,
+)
+
+ERROR = b"ERROR\r\n"
+MG_TOO_MANY = b"CLIENT_ERROR options flags are too long\r\n"
+TOO_MANY = b"CLIENT_ERROR options flags too long\r\n"
+OPAQUE_LONG = b"CLIENT_ERROR opaque token too long\r\n"
+INVALID_OR_DUP = b"CLIENT_ERROR invalid or duplicate flag\r\n"
+MS_BAD_MODE = b"CLIENT_ERROR invalid mode for ms M token\r\n"
+MA_BAD_MODE = b"CLIENT_ERROR invalid mode for ma M token\r\n"
+BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
+NON_NUMERIC = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+ARITH_NO_MEMORY = b"SERVER_ERROR out of memory\r\n"
+
+FETCHED, STALE, WIN_SENT, LINKED = st.FETCHED, st.STALE, st.WIN_SENT, st.LINKED
+U32 = 0xFFFFFFFF
+
+_T, _N, _R, _s, _t, _c, _f, _l, _h, _O, _k = b"TNRstcflhOk"
+
+MS_MODES = {0: st.SET, 0x53: st.SET, 0x45: st.ADD, 0x41: st.APPEND,
+            0x50: st.PREPEND, 0x52: st.REPLACE}          # S E A P R
+MS_RESULTS = {st.STORED: b"HD", st.NOT_STORED: b"NS", st.EXISTS: b"EX", st.NOT_FOUND: b"NF"}
 
 
 class MetaCommands:
     def __init__(self, node) -> None:
         self.node = node
+        self.store = node.store
+        self._commands = {0x67: self.mg, 0x73: self.ms, 0x64: self.md,
+                          0x61: self.ma, 0x65: self.me}
 
     def dispatch(self, proto, tokens) -> None:
-        proto.out.append(b"ERROR\r\n")
+        handler = self._commands.get(tokens[0][1])
+        if handler is None:
+            proto.out.append(ERROR)
+        else:
+            handler(proto, tokens)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _find(self, key: bytes, now: int) -> int:
+        # counts expired/flushed items met, as memcached's get does
+        return self.store._find_for_get(key, now)
+
+    def _bump(self, item: int, now: int) -> None:
+        """memcached's do_item_bump: fetched, and moved up at most once a minute."""
+        store = self.store
+        store.iflags[item] |= FETCHED
+        if now - store.atime[item] >= store.settings.bump_interval:
+            store.atime[item] = now
+            store.lru.bump(store.id_class[item], item)
+
+    def _item_key(self, item: int) -> bytes:
+        store = self.store
+        key = store.key_of(item)
+        if store.iflags[item] & KEY_BINARY:
+            return b" k" + b64encode(key) + b" b"
+        return b" k" + bytes(key)
+
+    @staticmethod
+    def _ttl(store, item: int, now: int) -> bytes:
+        exp = store.exptime[item]
+        if not exp:
+            return b" t-1"
+        return b" t%d" % ((exp - now) & U32)
+
+    # -- mg -------------------------------------------------------------------------
+
+    def mg(self, proto, tokens) -> None:
+        out = proto.out
+        n = len(tokens)
+        if n < 2:
+            out.append(ERROR)
+            return
+        if len(tokens[1]) > KEY_MAX:
+            out.append(BAD_FORMAT)
+            return
+        if n >= MAX_TOKENS:
+            out.append(MG_TOO_MANY)
+            return
+        store = self.store
+        now = store.clock()
+        if n == 2:
+            f = None
+            key = tokens[1]
+        else:
+            f, err = preparse(tokens, 2, store, now)
+            if err is not None:
+                out.append(err)
+                return
+            key = f.key
+        item = self._find(key, now)
+        created = False
+        if item < 0 and f is not None and f.vivify:
+            if store.store(st.SET, key, 0, 0, b"") == st.STORED:
+                store.cmd_set -= 1          # memcached links the stub without counting a set
+                item = store.find(key, now)
+                created = item >= 0
+        if item < 0:
+            store.cmd_get += 1
+            store.get_misses += 1
+            if f is None:
+                out.append(b"EN\r\n")
+                return
+            parts = [b"EN"]
+            for tok in tokens[2:]:
+                c = tok[0]
+                if c == _O:
+                    if len(tok) > OPAQUE_MAX:
+                        out.append(OPAQUE_LONG)
+                        return
+                    parts.append(b" " + tok)
+                elif c == _k:
+                    parts.append(key_token(f))
+            if not f.no_reply:
+                parts.append(b"\r\n")
+                out.append(b"".join(parts))
+            return
+
+        iflags = store.iflags
+        exptime = store.exptime
+        vlen = store.vlen[item]
+        if f is None:
+            parts = [b"HD"]
+            won = False
+            ttl_set = False
+        else:
+            parts = [b"VA %d" % vlen if f.value else b"HD"]
+            won = False
+            ttl_set = False
+            for tok in tokens[2:]:
+                c = tok[0]
+                if c == _c:
+                    parts.append(b" c%d" % store.cas[item])
+                elif c == _f:
+                    parts.append(b" f%d" % store.flags[item])
+                elif c == _s:
+                    parts.append(b" s%d" % vlen)
+                elif c == _t:
+                    parts.append(self._ttl(store, item, now))
+                elif c == _O:
+                    if len(tok) > OPAQUE_MAX:
+                        out.append(OPAQUE_LONG)
+                        return
+                    parts.append(b" " + tok)
+                elif c == _k:
+                    parts.append(self._item_key(item))
+                elif c == _T:
+                    ttl_set = True
+                    exptime[item] = f.exptime
+                elif c == _N:
+                    if created:
+                        exptime[item] = f.autoviv
+                        won = True
+                elif c == _R:
+                    e = exptime[item]
+                    if (not iflags[item] & WIN_SENT and not created and e
+                            and e < f.recache):
+                        won = True
+                elif c == _l:
+                    parts.append(b" l%d" % ((now - store.atime[item]) & U32))
+                elif c == _h:
+                    parts.append(b" h1" if iflags[item] & FETCHED else b" h0")
+        fl = iflags[item]
+        if fl & WIN_SENT:
+            parts.append(b" Z")
+        if fl & STALE:
+            parts.append(b" X")
+            if not fl & WIN_SENT:
+                won = True
+        if won:
+            parts.append(b" W")
+            iflags[item] = fl | WIN_SENT
+        if f is not None and f.value:
+            parts.append(b"\r\n")
+            off = store.id_offset[item] + store.vstart[item]
+            parts.append(store.pages[store.id_page[item]][off:off + vlen + 2])
+        else:
+            parts.append(b"\r\n")
+        out.append(b"".join(parts))
+        if f is None or not f.no_update:
+            self._bump(item, now)
+        cls = store.id_class[item]
+        if ttl_set:
+            store.cmd_touch += 1
+            store.touch_hits += 1
+            store.slabs.classes[cls].touch_hits += 1
+        else:
+            store.cmd_get += 1
+            store.get_hits += 1
+            store.class_get_hits[cls] += 1
+
+    # -- ms -------------------------------------------------------------------------
+
+    def ms(self, proto, tokens) -> None:
+        out = proto.out
+        n = len(tokens)
+        if n < 2:
+            out.append(ERROR)
+            return
+        if len(tokens[1]) > KEY_MAX or n == 2:
+            out.append(BAD_FORMAT)
+            return
+        if n >= MAX_TOKENS:
+            out.append(TOO_MANY)
+            return
+        vlen = strtol32(tokens[2])
+        if vlen is None or vlen < 0 or vlen > 0x7FFFFFFD:
+            out.append(BAD_FORMAT)
+            return
+        store = self.store
+        now = store.clock()
+        f, err = preparse(tokens, 3, store, now)
+        if err is not None:
+            return self._ms_refuse(proto, err, vlen)
+        opaque_error = False
+        for tok in tokens[3:]:
+            if tok[0] == _O and len(tok) > OPAQUE_MAX:
+                opaque_error = True
+        mode = MS_MODES.get(f.mode)
+        if mode is None:
+            return self._ms_refuse(proto, MS_BAD_MODE, vlen)
+        if f.has_cas and mode in (st.SET, st.REPLACE):
+            mode = st.CAS
+        if opaque_error:
+            return self._ms_refuse(proto, OPAQUE_LONG, vlen)
+        key = f.key
+        if store.too_large(len(key), vlen):
+            self.node.counters["store_too_large"] += 1
+            item = store.find(key, now)
+            if item >= 0:
+                store._unlink(item)      # memcached drops the old value on a refused set
+            return self._ms_refuse(proto, TOO_LARGE, vlen)
+
+        def on_data(block: bytes) -> None:
+            if block[-2:] != b"\r\n":
+                out.append(BAD_CHUNK)
+                return
+            self._ms_store(proto, tokens, f, mode, block[:-2])
+
+        proto.expect_data(vlen + 2, on_data)
+
+    @staticmethod
+    def _ms_refuse(proto, err: bytes, vlen: int) -> None:
+        proto.out.append(err)
+        proto.swallow(vlen + 2)
+
+    def _ms_store(self, proto, tokens, f, mode: int, value) -> None:
+        store = self.store
+        key = f.key
+        stale_store = False
+        if mode == st.CAS and f.set_stale:
+            # I with an older CAS: take the value but keep the item marked stale
+            old = store.find(key)
+            if old >= 0 and f.cas < store.cas[old]:
+                stale_store = True
+                old_exp = store.exptime[old]
+                old_flags = store.iflags[old]
+                result = store.store(st.SET, key, f.client_flags, 0, value)
+            else:
+                result = store.store(mode, key, f.client_flags, f.ttl_raw, value, f.cas)
+        else:
+            result = store.store(mode, key, f.client_flags, f.ttl_raw, value, f.cas)
+        if result == st.TOO_LARGE or result == st.NO_MEMORY:
+            if mode in (st.APPEND, st.PREPEND):
+                result = st.NOT_STORED   # memcached: the combined value did not fit
+            else:
+                self.node.counters["store_no_memory"] += 1
+                proto.out.append(NO_MEMORY)
+                return
+        cas = 0
+        if result == st.STORED:
+            cas = store.last_cas
+            if stale_store or f.binary:
+                item = store.find(key)
+                if item >= 0:
+                    if stale_store:
+                        store.exptime[item] = old_exp
+                        store.iflags[item] |= STALE | (old_flags & WIN_SENT)
+                    if f.binary:
+                        store.iflags[item] |= KEY_BINARY
+            if f.no_reply:
+                return
+        parts = [MS_RESULTS[result]]
+        for tok in tokens[3:]:
+            c = tok[0]
+            if c == _O:
+                parts.append(b" " + tok)
+            elif c == _k:
+                parts.append(key_token(f))
+            elif c == _c:
+                parts.append(b" c%d" % cas)
+        parts.append(b"\r\n")
+        proto.out.append(b"".join(parts))
+
+    # -- md -------------------------------------------------------------------------
+
+    def md(self, proto, tokens) -> None:
+        out = proto.out
+        n = len(tokens)
+        if n < 2:
+            out.append(ERROR)
+            return
+        if len(tokens[1]) > KEY_MAX:
+            out.append(BAD_FORMAT)
+            return
+        if n >= MAX_TOKENS:
+            out.append(TOO_MANY)
+            return
+        store = self.store
+        now = store.clock()
+        f, err = preparse(tokens, 2, store, now)
+        if err is not None:
+            out.append(INVALID_OR_DUP)
+            return
+        suffix = []
+        for tok in tokens[2:]:
+            c = tok[0]
+            if c == _O:
+                if len(tok) > OPAQUE_MAX:
+                    out.append(OPAQUE_LONG)
+                    return
+                suffix.append(b" " + tok)
+            elif c == _k:
+                suffix.append(key_token(f))
+        key = f.key
+        item = store.find(key, now)
+        if item < 0:
+            store.delete_misses += 1
+            status = b"NF"
+        elif f.has_cas and store.cas[item] != f.cas:
+            store.delete_misses += 1
+            status = b"EX"
+        else:
+            if f.set_stale:
+                if f.new_ttl:
+                    store.exptime[item] = f.exptime
+                store.iflags[item] = (store.iflags[item] | STALE) & ~WIN_SENT
+                store.cas[item] = store._new_cas()
+            else:
+                store.delete(key)
+            if f.no_reply:
+                return
+            status = b"HD"
+        suffix.append(b"\r\n")
+        out.append(status + b"".join(suffix))
+
+    # -- ma -------------------------------------------------------------------------
+
+    def ma(self, proto, tokens) -> None:
+        out = proto.out
+        n = len(tokens)
+        if n < 2:
+            out.append(ERROR)
+            return
+        if len(tokens[1]) > KEY_MAX:
+            out.append(BAD_FORMAT)
+            return
+        if n >= MAX_TOKENS:
+            out.append(TOO_MANY)
+            return
+        store = self.store
+        now = store.clock()
+        f, err = preparse(tokens, 2, store, now)
+        if err is not None:
+            out.append(INVALID_OR_DUP)
+            return
+        m = f.mode
+        if m in (0, 0x49, 0x2B):         # none, I, +
+            incr = True
+        elif m in (0x44, 0x2D):          # D, -
+            incr = False
+        else:
+            out.append(MA_BAD_MODE)
+            return
+        key = f.key
+        item = store.find(key, now)
+        created = False
+        status = None
+        digits = b""
+        if item < 0:
+            if f.vivify:
+                digits = b"%d" % f.initial
+                result = store.store(st.ADD, key, 0, 0, digits)
+                if result == st.STORED:
+                    store.cmd_set -= 1      # memcached's vivify is not a counted set
+                    item = store.find(key, now)
+                    created = True
+                elif result == st.NO_MEMORY:
+                    out.append(b"SERVER_ERROR Out of memory allocating new item\r\n")
+                    return
+                else:
+                    status = b"NS"
+            else:
+                if incr:
+                    store.incr_misses += 1
+                else:
+                    store.decr_misses += 1
+                status = b"NF"
+        elif not store.vlen[item]:
+            out.append(NON_NUMERIC)
+            return
+        elif f.has_cas and f.cas and store.cas[item] != f.cas:
+            status = b"EX"
+        else:
+            result, value = store.incr_decr(key, f.delta, incr)
+            if result == st.NON_NUMERIC:
+                out.append(NON_NUMERIC)
+                return
+            if result != st.STORED:
+                out.append(ARITH_NO_MEMORY)
+                return
+            digits = b"%d" % value
+            item = store.find(key, now)
+        if status is None and item >= 0:
+            if f.no_reply:
+                # memcached still applies T/N when the reply is hidden
+                for tok in tokens[2:]:
+                    c = tok[0]
+                    if c == _T:
+                        store.exptime[item] = f.exptime
+                    elif c == _N and created:
+                        store.exptime[item] = f.autoviv
+                return
+            parts = [b"VA %d" % len(digits) if f.value else b"HD"]
+            for tok in tokens[2:]:
+                c = tok[0]
+                if c == _c:
+                    parts.append(b" c%d" % store.cas[item])
+                elif c == _t:
+                    parts.append(self._ttl(store, item, now))
+                elif c == _T:
+                    store.exptime[item] = f.exptime
+                elif c == _N:
+                    if created:
+                        store.exptime[item] = f.autoviv
+                elif c == _O:
+                    if len(tok) > OPAQUE_MAX:
+                        out.append(OPAQUE_LONG)
+                        return
+                    parts.append(b" " + tok)
+                elif c == _k:
+                    parts.append(key_token(f))
+            if f.value:
+                parts.append(b"\r\n")
+                parts.append(digits)
+            parts.append(b"\r\n")
+            out.append(b"".join(parts))
+            return
+        parts = [status or b"NS"]
+        for tok in tokens[2:]:
+            c = tok[0]
+            if c == _O:
+                if len(tok) > OPAQUE_MAX:
+                    out.append(OPAQUE_LONG)
+                    return
+                parts.append(b" " + tok)
+            elif c == _k:
+                parts.append(key_token(f))
+        parts.append(b"\r\n")
+        out.append(b"".join(parts))
+
+    # -- me -------------------------------------------------------------------------
+
+    def me(self, proto, tokens) -> None:
+        out = proto.out
+        n = len(tokens)
+        if n < 2 or len(tokens[1]) > KEY_MAX:
+            out.append(BAD_FORMAT)
+            return
+        key = tokens[1]
+        if n >= 3 and tokens[2] == b"b":
+            key = b64decode(key)
+            if key is None:
+                out.append(BAD_FORMAT)
+                return
+        store = self.store
+        now = store.clock()
+        item = store.find(key, now)
+        self.node.counters["cmd_meta"] += 1
+        if item < 0:
+            out.append(b"EN\r\n")
+            return
+        k = store.key_of(item)
+        if store.iflags[item] & KEY_BINARY:
+            k = b64encode(k)
+        exp = store.exptime[item]
+        if exp:
+            exp = (now - exp) & U32
+            if exp >= 1 << 31:
+                exp -= 1 << 32
+        else:
+            exp = -1
+        flags = store.flags[item]
+        size = memcached_size(len(k) if not store.iflags[item] & KEY_BINARY
+                              else store.klen[item], store.vlen[item], flags)
+        s = store.settings
+        cls = memcached_class(size, s.factor, s.min_size, s.item_size_max)
+        out.append(b"ME %s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\r\n" % (
+            bytes(k), exp, (now - store.atime[item]) & U32, store.cas[item],
+            b"yes" if store.iflags[item] & FETCHED else b"no", cls, size))
