@@ -488,11 +488,21 @@ def test_mixed_valid_and_malformed_sequences_match_memcached(diff_pair, cmds):
     run_steps(diff_pair, cmds)
 
 
+def _is_get_with_long_key(cmd: Command) -> bool:
+    line = cmd.render(Ctx(b"x0_"))
+    toks = [t for t in line.split(b"\n")[0].rstrip(b"\r").split(b" ") if t]
+    return bool(toks) and toks[0] in (b"get", b"gets", b"gat", b"gats") and any(len(t) > 250 for t in toks[1:])
+
+
 @settings(max_examples=100, **SETTINGS)
 @given(cmds=st.lists(st.one_of(commands(malformed_weight=2), malformed_lines()), min_size=1, max_size=15))
 def test_pipelined_sequences_in_one_write_match_memcached(diff_pair, cmds):
     # Everything in one write: replies must come out in order and complete,
-    # including after errors in the middle of the batch.
+    # including after errors in the middle of the batch.  A get with a key
+    # over 250 bytes makes memcached drop the batch's earlier replies; that
+    # quirk has its own targeted test, so it is kept out of here where it
+    # would mask every other difference.
+    cmds = [c for c in cmds if not _is_get_with_long_key(c)]
     run_steps(diff_pair, cmds, pipelined=True)
 
 

@@ -141,7 +141,7 @@ def assert_staged_same(pair, parts, expect=None):
     desc = f"\n  sent:      {[p[:60] for p in parts]!r}\n  memcached: {a}\n  memd:      {b}"
     if expect is not None:
         assert (a.data, a.closed) == expect, "harness: memcached changed?" + desc
-    assert (a.data, a.closed) == (b.data, b.closed), desc
+    assert (normalise_version(a.data), a.closed) == (normalise_version(b.data), b.closed), desc
 
 
 def test_line_of_2049_bytes_without_newline_closes_connection(diff_pair):
@@ -234,6 +234,14 @@ def test_multiget_of_many_keys_in_one_line_is_answered(diff_pair):
 )
 def test_edge_case_replies_match_memcached(diff_pair, data):
     assert_same(diff_pair, data)
+
+
+def test_get_with_overlong_key_discards_unsent_replies_of_the_same_batch(diff_pair):
+    # memcached 1.6.18 quirk: on a get key > 250 bytes it releases every
+    # reply not yet written (conn_release_items), so the replies to earlier
+    # commands in the same read batch vanish; only the CLIENT_ERROR remains.
+    a = assert_same(diff_pair, b"version\r\nbogus\r\nget " + b"k" * 251 + b"\r\n")
+    assert a.data == b"CLIENT_ERROR bad command line format\r\n"
 
 
 def test_quit_closes_connection_without_reply(diff_pair):
