@@ -218,8 +218,7 @@ class BinaryProtocol:
             handler = _COMMANDS.get(cmd)
             if handler is None:
                 # memcached swallows the whole body length after the key
-                self._error(UNKNOWN_COMMAND, swallow=True)
-                self._swallow = bodylen
+                self._error(UNKNOWN_COMMAND, swallow=bodylen)
             elif not handler[0](extlen, keylen, bodylen):
                 self._protocol_error()
                 return
@@ -249,21 +248,17 @@ class BinaryProtocol:
         store = self.store
         if cmd in (SASL_AUTH, SASL_STEP):
             if not self.node.auth:
-                self._error(UNKNOWN_COMMAND, swallow=True)
-                self._swallow = vlen
+                self._error(UNKNOWN_COMMAND, swallow=vlen)
                 return True
             if len(key) > MAX_SASL_MECH_LEN:
-                self._error(EINVAL, swallow=True)
-                self._swallow = vlen
+                self._error(EINVAL, swallow=vlen)
                 return True
             if store.too_large(len(key), vlen):
-                self._error(ENOMEM, swallow=True)
-                self._swallow = vlen
+                self._error(ENOMEM, swallow=vlen)
                 return True
             return False
         if store.too_large(len(key), vlen):
-            self._error(E2BIG, swallow=True)
-            self._swallow = vlen
+            self._error(E2BIG, swallow=vlen)
             if cmd == SET:
                 store.delete(key)       # memcached drops the stale value on a failed set
             return True
@@ -282,10 +277,14 @@ class BinaryProtocol:
         if value:
             self.out.append(bytes(value))
 
-    def _error(self, status: int, text: bytes | None = None, swallow: bool = False) -> None:
+    def _error(self, status: int, text: bytes | None = None, swallow: int = 0) -> None:
+        """An error reply; then discard ``swallow`` bytes of input."""
         self._respond(status, value=ERROR_TEXT[status] if text is None else text)
-        if not swallow:
-            # memcached writes an error out at once (conn_mwrite)
+        if swallow > 0:
+            self._swallow = swallow
+        else:
+            # memcached writes an error out at once (conn_mwrite) unless it
+            # has input to swallow first
             self._mark = len(self.out)
 
     def _protocol_error(self) -> None:
@@ -454,8 +453,7 @@ class BinaryProtocol:
 
     def do_sasl_list(self, cmd, quiet, extras, key, cas, _rest) -> None:
         if not self.node.auth:
-            self._error(UNKNOWN_COMMAND, swallow=True)
-            self._swallow = _rest        # bodylen - keylen: 0, the frame was checked
+            self._error(UNKNOWN_COMMAND, swallow=_rest)        # bodylen - keylen: 0, the frame was checked
             return
         self._respond(value=b"PLAIN")
 
@@ -483,7 +481,7 @@ class BinaryProtocol:
             self._stats(stats_mod.items(node))
         elif key == b"slabs":
             self._stats(stats_mod.slabs(node))
-        elif key == b"sizes":
+        elif key == b"sizes" or key == b"sizes_disable":
             self._stats([("sizes_status", "disabled")])
         else:
             self._error(KEY_ENOENT)
