@@ -222,6 +222,15 @@ class LocalFleet:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        # Signal every node first, then wait: graceful shutdowns overlap.
+        # memcached (a data-path stand-in with nothing to flush) is killed:
+        # its graceful stop lingers ~0.7 s per open connection.
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                if self.backend == "memcached":
+                    node.proc.kill()
+                else:
+                    node.proc.terminate()
         for node in self.nodes:
             self._stop_node(node, timeout)
         if self._own_workdir and not self.detach:

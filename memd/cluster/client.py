@@ -291,7 +291,8 @@ class ClusterClient:
         return self._one("get", key, default, default, read=True, **kw)
 
     def gets(self, key, default=None, cas_default=None, **kw):
-        return self._one("gets", key, (default, cas_default), default, cas_default, read=True, **kw)
+        value, cas = self._one("gets", key, (None, None), read=True, **kw)
+        return (default, cas_default) if cas is None else (value, cas)
 
     def set(self, key, value, expire=0, noreply=None, flags=None):
         return self._one("set", key, False, value, expire, noreply, flags)

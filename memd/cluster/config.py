@@ -177,6 +177,16 @@ class ClusterConfig:
     def nodes(self) -> list[NodeEntry]:
         return list(self._nodes)
 
+    def set_nodes(self, nodes: list[NodeEntry]) -> bool:
+        """Replace the membership; bumps the version if it changed."""
+        if nodes == self._nodes:
+            return False
+        self.version += 1
+        self._nodes = list(nodes)
+        self._reply = render_reply(self.version, self._nodes)
+        log.info("cluster membership v%d: %d nodes", self.version, len(nodes))
+        return True
+
     def reply(self, key: bytes) -> bytes:
         """Full reply bytes for ``config get <key>``."""
         if key == b"cluster":
@@ -213,11 +223,9 @@ class ClusterConfig:
         self._text = text
         if initial:
             self._nodes = nodes
-        elif nodes != self._nodes:
-            self.version += 1
-            self._nodes = nodes
-            log.info("cluster membership v%d: %d nodes", self.version, len(nodes))
-        self._reply = render_reply(self.version, self._nodes)
+            self._reply = render_reply(self.version, self._nodes)
+        else:
+            self.set_nodes(nodes)
 
     def _cached_resolve(self, host: str) -> str:
         if host not in self._cache:
