@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import __version__
+from .cache.rebalance import Rebalancer
 from .cache.store import ItemStore, StoreSettings
 
 # Clients parse the version to pick features, so report the memcached
@@ -61,6 +62,7 @@ class Node:
                  clock=None) -> None:
         self.settings = settings or NodeSettings()
         self.store = store or ItemStore(self.settings.store_settings(), clock)
+        self.rebalancer = Rebalancer(self.store, automove=1)
         self.started = time.time()
         self.pid = os.getpid()
         self.version = VERSION

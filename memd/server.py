@@ -39,8 +39,8 @@ TOO_MANY = b"ERROR Too many open connections\r\n"
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLL_ERRS = select.EPOLLHUP | select.EPOLLERR
-TICK = 1.0                     # seconds between housekeeping rounds
-RECLAIM_BUDGET = 20_000        # chunks the reclaimer looks at per tick
+TICK = 0.1                     # seconds between housekeeping rounds
+RECLAIM_BUDGET = 2_000         # chunks the reclaimer looks at per tick (20k/s)
 SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown
 
 
@@ -328,6 +328,7 @@ class Server:
         while True:
             await trio.sleep(TICK)
             store.reclaim_step(RECLAIM_BUDGET)
+            self.node.rebalancer.step()
             idle = self.settings.idle_timeout
             if idle:
                 cutoff = time.monotonic() - idle
@@ -336,7 +337,7 @@ class Server:
                         log.info("<%d idle timeout", conn.fd)
                         self._close(conn)
             cluster = self.node.cluster
-            if cluster is not None:
+            if cluster is not None and int(time.monotonic() / TICK) % 10 == 0:
                 try:
                     cluster.refresh()
                 except Exception:

@@ -31,6 +31,7 @@ def general(node: Node) -> list:
     user, system = _rusage()
     c = node.counters
     slabs = s.slabs
+    rb = s.rebalancer
     return [
         ("pid", node.pid), ("uptime", int(now - node.started)), ("time", int(now)),
         ("version", node.version), ("libevent", "trio"), ("pointer_size", 64),
@@ -59,10 +60,12 @@ def general(node: Node) -> list:
         ("threads", st.threads), ("conn_yields", 0),
         ("hash_power_level", s.index.power), ("hash_bytes", 4 << s.index.power),
         ("hash_is_expanding", int(s.index.expanding)),
-        ("slab_reassign_rescues", 0), ("slab_reassign_chunk_rescues", 0),
-        ("slab_reassign_evictions_nomem", 0), ("slab_reassign_inline_reclaim", 0),
+        ("slab_reassign_rescues", rb.rescues if rb else 0), ("slab_reassign_chunk_rescues", 0),
+        ("slab_reassign_evictions_nomem", rb.evictions_nomem if rb else 0),
+        ("slab_reassign_inline_reclaim", 0),
         ("slab_reassign_busy_items", 0), ("slab_reassign_busy_deletes", 0),
-        ("slab_reassign_running", 0), ("slabs_moved", getattr(s, "slabs_moved", 0)),
+        ("slab_reassign_running", int(bool(rb and rb.moving))),
+        ("slabs_moved", rb.slabs_moved if rb else 0),
         ("lru_crawler_running", 0), ("lru_crawler_starts", 0),
         ("lru_maintainer_juggles", 0), ("malloc_fails", 0),
         ("log_worker_dropped", 0), ("log_worker_written", 0),
@@ -96,7 +99,7 @@ def settings(node: Node) -> list:
         ("auth_enabled_ascii", "yes" if node.auth is not None else "no"),
         ("item_size_max", st.max_item_size), ("maxconns_fast", "yes"),
         ("hashpower_init", 0), ("slab_reassign", "yes"),
-        ("slab_automove", getattr(s, "automove", 0)), ("slab_automove_ratio", "0.80"),
+        ("slab_automove", s.rebalancer.automove if s.rebalancer else 0), ("slab_automove_ratio", "0.80"),
         ("slab_automove_window", 30), ("slab_chunk_max", s.slabs.sizes[-1]),
         ("lru_crawler", "yes"), ("lru_crawler_sleep", 100), ("lru_crawler_tocrawl", 0),
         ("tail_repair_time", 0), ("flush_enabled", "yes" if st.flush_enabled else "no"),

@@ -104,6 +104,28 @@ class HashIndex:
                 raise KeyError(item)
         self.count -= 1
 
+    def replace(self, old: int, new: int) -> None:
+        """Put item ``new`` where ``old`` is in its chain (same key, moved chunk)."""
+        h = self.hash[old]
+        self.hash[new] = h
+        table = self.old
+        if table is not None and (h & self.old_mask) >= self.migrated:
+            b = h & self.old_mask
+        else:
+            table, b = self.buckets, h & self.mask
+        chain = self.chain
+        chain[new] = chain[old]
+        cur = table[b]
+        if cur == old:
+            table[b] = new
+            return
+        while cur != NIL:
+            if chain[cur] == old:
+                chain[cur] = new
+                return
+            cur = chain[cur]
+        raise KeyError(old)
+
     def _start_growth(self) -> None:
         self.old = self.buckets
         self.old_mask = self.mask

@@ -46,6 +46,19 @@ class LRU:
             self.prev[n] = p
         self.count[cls] -= 1
 
+    def replace(self, cls: int, old: int, new: int) -> None:
+        """Put ``new`` at ``old``'s place in the list (the item moved chunks)."""
+        p = self.prev[new] = self.prev[old]
+        n = self.next[new] = self.next[old]
+        if p == NIL:
+            self.head[cls] = new
+        else:
+            self.next[p] = new
+        if n == NIL:
+            self.tail[cls] = new
+        else:
+            self.prev[n] = new
+
     def bump(self, cls: int, item: int) -> None:
         """Move ``item`` to the head."""
         if self.head[cls] != item:

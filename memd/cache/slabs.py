@@ -99,6 +99,9 @@ class SlabAllocator:
         self.pages: list[bytearray] = []
         self.page_class = array("B")
         self.page_first_id = array("I")
+        self.page_block = array("I")        # ids reserved for each page
+        self.spare_blocks: list[tuple[int, int]] = []   # (first id, count) of moved pages
+        self.draining = -1                  # page being emptied for a move, or -1
         # per-id location
         self.id_page = array("I")
         self.id_offset = array("I")
@@ -106,7 +109,6 @@ class SlabAllocator:
         self._id_arrays: list[array] = [self.id_page, self.id_offset, self.id_class]
         self.n_ids = 0
         self.malloced = 0      # bytes of pages (memcached's total_malloced)
-        self.accounted = 0     # pages plus the metadata of their chunks
 
     # -- registry of per-id arrays -------------------------------------------
 
@@ -150,38 +152,74 @@ class SlabAllocator:
 
     def release(self, cid: int) -> None:
         cls = self.classes[self.id_class[cid]]
-        cls.free.append(cid)
         cls.used -= 1
+        # a chunk on a page being moved away must not be handed out again
+        if self.id_page[cid] != self.draining:
+            cls.free.append(cid)
 
-    def page_cost(self, cls: SlabClass) -> int:
-        return self.page_size + cls.per_page * self.bytes_per_id
+    def start_draining(self, page_no: int) -> None:
+        """Stop handing out chunks of ``page_no`` (its class is about to lose it)."""
+        cls = self.classes[self.page_class[page_no]]
+        ids = self.page_ids(page_no)
+        lo, hi = ids.start, ids.stop
+        cls.free = array("i", (c for c in cls.free if not lo <= c < hi))
+        if cls.end_left and lo <= cls.end_next < hi:
+            cls.end_left = 0
+        self.draining = page_no
+
+    @property
+    def accounted(self) -> int:
+        """What ``-m`` bounds: the pages plus the metadata of every id they hold."""
+        return self.malloced + self.n_ids * self.bytes_per_id
+
+    def _ids_to_add(self, cls: SlabClass) -> int:
+        """New ids a page for ``cls`` would cost (0 when a spare block fits)."""
+        n = cls.per_page
+        return 0 if any(count >= n for _, count in self.spare_blocks) else n
 
     def can_grow(self, cls: SlabClass) -> bool:
-        return (not cls.pages) or self.accounted + self.page_cost(cls) <= self.mem_limit
+        if not cls.pages:
+            return True         # as memcached: every class may have its first page
+        cost = self.page_size + self._ids_to_add(cls) * self.bytes_per_id
+        return self.accounted + cost <= self.mem_limit
+
+    def can_receive(self, cls: SlabClass) -> bool:
+        """Whether a page moved to ``cls`` fits its ids within the limit."""
+        return self.accounted + self._ids_to_add(cls) * self.bytes_per_id <= self.mem_limit
 
     def _grow(self, cls: SlabClass) -> bool:
         if not self.can_grow(cls):
             return False
-        self._assign_page(cls, bytearray(self.page_size))
+        page_no = len(self.pages)
+        self.pages.append(bytearray(self.page_size))
+        self.page_class.append(0)
+        self.page_first_id.append(0)
+        self.page_block.append(0)
+        self.malloced += self.page_size
+        self.assign_page(cls, page_no)
         return True
 
-    def _assign_page(self, cls: SlabClass, page: bytearray, page_no: int = -1) -> None:
-        """Hand a page to a class: give it a fresh block of ids."""
-        if page_no < 0:
-            page_no = len(self.pages)
-            self.pages.append(page)
-            self.page_class.append(cls.id)
-            self.page_first_id.append(0)
-            self.malloced += self.page_size
-        else:
-            self.page_class[page_no] = cls.id
+    def _id_block(self, n: int) -> tuple[int, int]:
+        """A block of at least ``n`` ids: the smallest spare one that fits, or new ids."""
+        best = -1
+        for i, (_, count) in enumerate(self.spare_blocks):
+            if count >= n and (best < 0 or count < self.spare_blocks[best][1]):
+                best = i
+        if best >= 0:
+            return self.spare_blocks.pop(best)
         first = self.n_ids
-        n = cls.per_page
         for arr in self._id_arrays:
             arr.frombytes(bytes(n * arr.itemsize))
         self.n_ids += n
-        self.accounted += self.page_cost(cls)
+        return first, n
+
+    def assign_page(self, cls: SlabClass, page_no: int) -> None:
+        """Hand an unowned page to a class, with a block of ids for its chunks."""
+        n = cls.per_page
+        first, count = self._id_block(n)
+        self.page_class[page_no] = cls.id
         self.page_first_id[page_no] = first
+        self.page_block[page_no] = count
         size = cls.chunk_size
         id_page, id_offset, id_class = self.id_page, self.id_offset, self.id_class
         for i in range(n):
@@ -197,20 +235,21 @@ class SlabAllocator:
         first = self.page_first_id[page_no]
         return range(first, first + cls.per_page)
 
-    def take_page(self, cls: SlabClass, page_no: int) -> None:
-        """Remove an (emptied) page from a class; its ids are retired.
+    def take_page(self, page_no: int) -> None:
+        """Take an emptied page away from its class; its id block becomes spare.
 
-        The caller has already unlinked every item on the page.  Retired ids
-        keep their metadata slots (the arrays only grow), so the accounting
-        keeps charging for them: a moved page costs its new ids on top.
+        The caller has already unlinked every item on the page.  Spare blocks
+        are reused by later page assignments, so moving pages back and forth
+        does not grow the metadata arrays.
         """
+        if self.draining != page_no:
+            self.start_draining(page_no)
+        self.draining = -1
+        cls = self.classes[self.page_class[page_no]]
         ids = self.page_ids(page_no)
-        lo, hi = ids.start, ids.stop
-        keep = array("i", (c for c in cls.free if not lo <= c < hi))
-        cls.free = keep
-        if cls.end_left and lo <= cls.end_next < hi:
-            cls.end_left = 0
+        lo = ids.start
         cls.pages.remove(page_no)
-        self.accounted -= self.page_size
         for c in ids:
             self.id_class[c] = 0
+        self.page_class[page_no] = 0
+        self.spare_blocks.append((lo, self.page_block[page_no]))

@@ -98,6 +98,10 @@ class ItemStore:
         self.vstart = reg(array("H"))
         self.vlen = reg(array("I"))
         self.iflags = reg(array("B"))
+        # what describes an item, copied when it moves to another chunk
+        self.item_arrays = (self.klen, self.flags, self.exptime, self.atime, self.cas,
+                            self.vstart, self.vlen, self.iflags)
+        self.rebalancer = None     # set by cache.rebalance.Rebalancer
         self.next_cas = 1
         self.oldest_live = 0
         self.oldest_cas = 0
