@@ -110,7 +110,18 @@ def settings(node: Node) -> list:
         ("idle_timeout", st.idle_timeout), ("watcher_logbuf_size", 262144),
         ("worker_logbuf_size", 65536), ("read_buf_mem_limit", 0), ("track_sizes", "no"),
         ("inline_ascii_response", "no"),
+        # extstore is not part of memd; its settings are reported at memcached's defaults
+        ("ext_item_size", 512), ("ext_item_age", 4294967295), ("ext_low_ttl", 0),
+        ("ext_recache_rate", 2000), ("ext_wbuf_size", 4194304), ("ext_compact_under", 0),
+        ("ext_drop_under", 0), ("ext_max_sleep", 1000000), ("ext_max_frag", "0.80"),
+        ("slab_automove_freeratio", "0.010"), ("ext_drop_unread", "no"),
         ("ssl_enabled", "yes" if getattr(st, "tls", False) else "no"),
+        ("ssl_chain_cert", getattr(st, "tls_cert", None) or "(null)"),
+        ("ssl_key", getattr(st, "tls_key", None) or "(null)"),
+        ("ssl_verify_mode", 3 if getattr(st, "tls_ca", None) else 0), ("ssl_keyformat", 1),
+        ("ssl_ciphers", "NULL"), ("ssl_ca_cert", getattr(st, "tls_ca", None) or "NULL"),
+        ("ssl_wbuf_size", 16384), ("ssl_session_cache", "no"), ("ssl_kernel_tls", "no"),
+        ("ssl_min_version", "tlsv1.2"),
         ("num_napi_ids", "(null)"), ("memory_file", "(null)"),
     ]
 

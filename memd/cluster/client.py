@@ -4,6 +4,10 @@ Built on pymemcache: one thread-safe ``PooledClient`` per node, keys routed
 by a consistent-hash ring (``HashRing`` by default, ``KetamaRing`` to share
 a fleet with libmemcached/twemproxy/spymemcached clients).
 
+``vnodes`` trades ring build time for balance: at 160 points per node a
+3-node fleet puts 33% +- 2.6 points (one sigma) on each node; 640 points
+halve that at the same lookup cost (bisect is logarithmic).
+
 Failure handling, the way production memcached clients do it:
 
 - A node that fails ``failure_limit`` calls in a row (connection refused,
@@ -25,6 +29,7 @@ are the nodes. The ring is swapped whole on a change; no restart needed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -36,7 +41,7 @@ from pymemcache.client.base import PooledClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from memd.cluster import discovery
-from memd.cluster.ring import HashRing, KetamaRing
+from memd.cluster.ring import DEFAULT_VNODES, HashRing, KetamaRing
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class ClusterClient:
         dns_port: int = discovery.DEFAULT_PORT,
         poll_interval: float = 60.0,
         ring: str | Callable[[], Any] = "xxhash",
+        vnodes: int = DEFAULT_VNODES,
         failover: str = "remap",
         failure_limit: int = 2,
         dead_timeout: float = 30.0,
@@ -92,7 +98,10 @@ class ClusterClient:
         servers = [_address(s) for s in servers]
         if sum(map(bool, (servers, config_endpoint, dns_name))) != 1:
             raise ValueError("give exactly one of servers, config_endpoint, dns_name")
-        self._ring_factory = RINGS[ring] if isinstance(ring, str) else ring
+        if ring == "xxhash":
+            self._ring_factory = functools.partial(HashRing, vnodes=vnodes)
+        else:
+            self._ring_factory = RINGS[ring] if isinstance(ring, str) else ring
         self.failover = failover
         self.failure_limit = max(1, failure_limit)
         self.dead_timeout = dead_timeout

@@ -440,8 +440,8 @@ class MetaCommands:
             digits = b"%d" % value
             item = store.find(key, now)
         if status is None and item >= 0:
-            if f.no_reply:
-                # memcached still applies T/N when the reply is hidden
+            if f.no_reply and not created:
+                # q hides a successful delta (not a vivify); T still applies
                 for tok in tokens[2:]:
                     c = tok[0]
                     if c == _T:

@@ -245,6 +245,9 @@ class TextProtocol:
             return
         for k in keys:
             if len(k) > KEY_MAX:
+                # memcached releases every reply still queued on the connection
+                # here, so earlier replies of the same read vanish too
+                self.out.clear()
                 self.out.append(BAD_FORMAT)
                 return
         self.store.fetch_text(keys, self.out, with_cas)
@@ -355,7 +358,8 @@ class TextProtocol:
         if not 2 <= n <= 4:
             self.out.append(ERROR)
             return
-        noreply = tokens[-1] == b"noreply"
+        # memcached only looks for noreply when there is more than a key
+        noreply = n > 2 and tokens[-1] == b"noreply"
         if n > 2:
             hold_is_zero = tokens[2] == b"0"
             valid = (n == 3 and (hold_is_zero or noreply)) or (n == 4 and hold_is_zero and noreply)
@@ -515,8 +519,35 @@ class TextProtocol:
             self.out.append(b"STAT sizes_status disabled\r\nEND\r\n")
         elif sub == b"conns":
             self.out.append(stats_mod.render(stats_mod.conns(node)))
+        elif sub == b"cachedump":
+            self._cachedump(tokens)
         else:
             self.out.append(ERROR)
+
+    def _cachedump(self, tokens) -> None:
+        """`stats cachedump <class> <limit>`: ITEM lines, most recent first."""
+        if len(tokens) < 4:
+            self.out.append(b"CLIENT_ERROR bad command line\r\n")
+            return
+        cls_id = strtoul32(tokens[2])
+        limit = strtoul32(tokens[3])
+        if cls_id is None or limit is None:
+            self.out.append(b"CLIENT_ERROR bad command line format\r\n")
+            return
+        store = self.store
+        if cls_id >= len(store.slabs.classes):
+            self.out.append(b"CLIENT_ERROR Illegal slab id\r\n")
+            return
+        lines = []
+        size = 0
+        for item in store.items_of_class(cls_id) if cls_id else ():
+            line = b"ITEM %s [%d b; %d s]\r\n" % (store.key_of(item), store.vlen[item],
+                                                  store.exptime[item])
+            size += len(line)
+            if (limit and len(lines) >= limit) or size > 2 * 1024 * 1024:
+                break        # memcached caps a dump at 2 MB
+            lines.append(line)
+        self.out.append(b"".join(lines) + END)
 
     # -- meta and auth hooks --------------------------------------------------------------
 
