@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .cache.rebalance import Rebalancer
 from .cache.store import ItemStore, StoreSettings
+from .watch import WatchHub
 
 # Clients parse the version to pick features, so report the memcached
 # release whose behaviour memd reproduces, with memd's own after it.
@@ -63,6 +64,8 @@ class Node:
         self.settings = settings or NodeSettings()
         self.store = store or ItemStore(self.settings.store_settings(), clock)
         self.rebalancer = Rebalancer(self.store, automove=1)
+        self.watch = WatchHub(self.store)
+        self.crawler_enabled = True
         self.started = time.time()
         self.pid = os.getpid()
         self.version = VERSION

@@ -203,6 +203,8 @@ class Server:
         rbuf = bytearray(RECV_SIZE)
         rview = memoryview(rbuf)
         checkpoint = trio.lowlevel.checkpoint
+        store = node.store
+        watch = node.watch
         while True:
             events = ep.poll(0)
             if not events:
@@ -232,6 +234,8 @@ class Server:
                 proto = conn.proto
                 if proto is None:
                     proto = conn.proto = protocol_for(node, data[0])
+                    proto.fd = fd
+                watch.current_fd = fd
                 try:
                     reply = proto.feed(data)
                 except Exception:
@@ -240,27 +244,47 @@ class Server:
                     continue
                 if proto.closed:
                     conn.closing = True
-                if reply or conn.closing:
+                if reply or conn.closing or proto.stream is not None:
                     self._send(conn, reply)
+            if store.watch is not None:
+                for wfd, lines in watch.take():
+                    wconn = conns.get(wfd)
+                    if wconn is not None and not wconn.pending:
+                        self._send(wconn, lines)
+                    elif wconn is not None:
+                        watch.skipped += lines.count(b"\n")
             await checkpoint()
 
     def _send(self, conn: Conn, reply: bytes) -> None:
-        """Send what we can; park the rest and wait for EPOLLOUT (backpressure)."""
+        """Send what we can; park the rest and wait for EPOLLOUT (backpressure).
+
+        A protocol may also hand over a ``stream`` (a long dump): its chunks
+        are sent as the socket takes them, then the protocol resumes.
+        """
         data = conn.pending + reply if conn.pending else reply
-        if data:
-            try:
-                sent = conn.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._close(conn)
-                return
-            self.node.bytes_written += sent
-            if sent < len(data):
-                if not conn.pending:
-                    self.ep.modify(conn.fd, EPOLLOUT)   # stop reading until drained
-                conn.pending = data[sent:]
-                return
+        while True:
+            if data:
+                try:
+                    sent = conn.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._close(conn)
+                    return
+                self.node.bytes_written += sent
+                if sent < len(data):
+                    if not conn.pending:
+                        self.ep.modify(conn.fd, EPOLLOUT)   # stop reading until drained
+                    conn.pending = data[sent:]
+                    return
+            proto = conn.proto
+            if proto is None or proto.stream is None:
+                break
+            data = next(proto.stream, None)
+            if data is None:
+                data = proto.resume()
+                if proto.closed:
+                    conn.closing = True
         if conn.pending:
             conn.pending = b""
             if not conn.closing:
@@ -276,6 +300,7 @@ class Server:
         except (OSError, ValueError):
             pass
         self._forget(conn.info)
+        self.node.watch.remove(conn.fd)
         conn.sock.close()
 
     def _forget(self, info: ConnInfo) -> None:
@@ -302,9 +327,15 @@ class Server:
                 if proto is None:
                     proto = protocol_for(node, data[0])
                 reply = proto.feed(data)
-                if reply:
-                    await stream.send_all(reply)
-                    node.bytes_written += len(reply)
+                while True:
+                    if reply:
+                        await stream.send_all(reply)
+                        node.bytes_written += len(reply)
+                    if proto.stream is None:
+                        break
+                    reply = next(proto.stream, None)
+                    if reply is None:
+                        reply = proto.resume()
                 if proto.closed:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -327,7 +358,8 @@ class Server:
         store = self.node.store
         while True:
             await trio.sleep(TICK)
-            store.reclaim_step(RECLAIM_BUDGET)
+            if self.node.crawler_enabled:
+                store.reclaim_step(RECLAIM_BUDGET)
             self.node.rebalancer.step()
             idle = self.settings.idle_timeout
             if idle:

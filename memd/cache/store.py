@@ -38,6 +38,9 @@ SET, ADD, REPLACE, APPEND, PREPEND, CAS = range(6)
 DELETED = STORED
 NON_NUMERIC = 6
 
+RESULT_NAMES = ("stored", "not_stored", "exists", "not_found", "too_large", "no_memory")
+MODE_NAMES = ("set", "add", "replace", "append", "prepend", "cas")
+
 # item flag bits (array 'B' per item)
 LINKED = 1        # in the index and an LRU list
 FETCHED = 2       # read at least once since stored
@@ -102,6 +105,8 @@ class ItemStore:
         self.item_arrays = (self.klen, self.flags, self.exptime, self.atime, self.cas,
                             self.vstart, self.vlen, self.iflags)
         self.rebalancer = None     # set by cache.rebalance.Rebalancer
+        self.watch = None          # a memd.watch.WatchHub when the node has one
+        self.crawl_requested = False
         self.next_cas = 1
         self.oldest_live = 0
         self.oldest_cas = 0
@@ -185,6 +190,12 @@ class ItemStore:
         if not self.iflags[item] & FETCHED:
             cls.evicted_unfetched += 1
             self.evicted_unfetched += 1
+        if self.watch:
+            exp = self.exptime[item]
+            self.watch.emit("evictions", "type=eviction key=%s fetch=%s ttl=%d la=%d clsid=%d"
+                            % (self.key_of(item).decode("latin-1"),
+                               "yes" if self.iflags[item] & FETCHED else "no",
+                               exp - now if exp else -1, self.atime[item], cls.id))
         self._unlink(item)
 
     def _alloc(self, cls_id: int, now: int) -> int:
@@ -372,11 +383,35 @@ class ItemStore:
         self.cmd_get += n
         self.get_hits += hits
         self.get_misses += n - hits
+        if self.watch:
+            for key in keys:
+                self._emit_fetch(key, self.index.find(key, _hash(key)))
+
+    def _emit_fetch(self, key: bytes, item: int) -> None:
+        watch = self.watch
+        if item == NIL:
+            watch.emit("fetchers", "type=item_get key=%s status=not_found clsid=0 cfd=%d size=0"
+                       % (key.decode("latin-1"), watch.current_fd))
+        else:
+            watch.emit("fetchers", "type=item_get key=%s status=found clsid=%d cfd=%d size=%d"
+                       % (key.decode("latin-1"), self.id_class[item], watch.current_fd,
+                          self.vlen[item]))
+
+    def _emit_store(self, mode: int, key: bytes, result: int, value_len: int) -> None:
+        watch = self.watch
+        item = self.index.find(key, _hash(key))
+        cls_id = self.id_class[item] if item != NIL else 0
+        ttl = self.ttl_of(item) if item != NIL else 0
+        watch.emit("mutations", "type=item_store key=%s status=%s cmd=%s ttl=%d clsid=%d cfd=%d size=%d"
+                   % (key.decode("latin-1"), RESULT_NAMES[result], MODE_NAMES[mode],
+                      max(ttl, 0), cls_id, watch.current_fd, value_len))
 
     def get(self, key: bytes, touch_exptime: int | None = None) -> int:
         """One counted get (gat when ``touch_exptime`` is given): item or -1."""
         now = self.clock()
         item = self._find_for_get(key, now)
+        if self.watch:
+            self._emit_fetch(key, item)
         self.cmd_get += 1
         if touch_exptime is not None:
             self.cmd_touch += 1
@@ -399,6 +434,12 @@ class ItemStore:
     def store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0) -> int:
         """set/add/replace/append/prepend/cas. Returns STORED, NOT_STORED,
         EXISTS, NOT_FOUND, TOO_LARGE or NO_MEMORY; ``last_cas`` is the new CAS."""
+        result = self._store(mode, key, flags, exptime, value, cas)
+        if self.watch:
+            self._emit_store(mode, key, result, len(value))
+        return result
+
+    def _store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int) -> int:
         self.last_cas = 0
         if self.too_large(len(key), len(value)):
             return TOO_LARGE
@@ -546,6 +587,8 @@ class ItemStore:
         n = self.slabs.n_ids
         if not n:
             return 0
+        if self.crawl_requested:
+            budget *= 10             # `lru_crawler crawl`: a faster full pass
         now = self.clock()
         iflags = self.iflags
         cursor = self.reclaim_cursor
@@ -553,6 +596,7 @@ class ItemStore:
         for _ in range(min(budget, n)):
             if cursor >= n:
                 cursor = 0
+                self.crawl_requested = False
             if iflags[cursor] & LINKED and self._dead(cursor, now):
                 cls = self.slabs.classes[self.id_class[cursor]]
                 cls.crawler_reclaimed += 1

@@ -1,5 +1,9 @@
 """Sans-IO protocol implementations: bytes in, reply bytes out.
 
+What the server relies on, for every protocol object: ``feed(data) -> bytes``,
+``closed`` (close after sending), ``fd`` (set by the server), and ``stream``
+(None, or an iterator of reply chunks to send before calling ``resume()``).
+
 ``protocol_for`` picks one for a new connection from its first byte, as
 memcached does: 0x80 is the binary protocol's request magic, anything else
 is text (classic and meta commands share the text parser).
@@ -13,7 +17,10 @@ BINARY_REQUEST_MAGIC = 0x80
 def protocol_for(node, first_byte: int):
     if first_byte == BINARY_REQUEST_MAGIC:
         from .binary import BinaryProtocol
-        return BinaryProtocol(node)
+        proto = BinaryProtocol(node)
+        if not hasattr(proto, "stream"):
+            proto.stream = None        # the server's streaming hook: binary never streams
+        return proto
     from .meta import MetaCommands
     from .text import TextProtocol
     return TextProtocol(node, MetaCommands(node))

@@ -15,7 +15,10 @@ closes the connection unless it is a get (memcached allows long multi-gets).
 
 from __future__ import annotations
 
+from urllib.parse import quote_from_bytes
+
 from .. import stats as stats_mod
+from ..watch import KINDS as WATCH_KINDS
 from ..cache import store as st
 from ..numbers import strtol32, strtoul32, strtoull
 
@@ -40,6 +43,40 @@ STORE_MODES = {b"set": st.SET, b"add": st.ADD, b"replace": st.REPLACE,
 
 
 GET_COMMANDS = (b"get", b"gets", b"gat", b"gats", b"bget")
+
+
+def _uriencode(key: bytes) -> bytes:
+    return quote_from_bytes(key, safe="").encode()
+
+
+def metadump(store, classes):
+    """`lru_crawler metadump` lines, a chunk at a time (the server streams them).
+
+    Walks item ids rather than LRU links so that items changing between
+    chunks (other clients keep being served) cannot break the walk.
+    ``size`` is reported as memcached computes it (its 56-byte header
+    included) so tools reading dumps see the same numbers.
+    """
+    wanted = set(classes)
+    chunk = []
+    i = 0
+    while i < store.slabs.n_ids:
+        item = i
+        i += 1
+        if not store.iflags[item] & st.LINKED or store.id_class[item] not in wanted:
+            continue
+        if store._dead(item, store.clock()):
+            continue
+        exp = store.exptime[item]
+        chunk.append(b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n" % (
+            _uriencode(store.key_of(item)), exp if exp else -1, store.atime[item],
+            store.cas[item], b"yes" if store.iflags[item] & st.FETCHED else b"no",
+            store.id_class[item], st.MEMCACHED_ITEM_OVERHEAD + store.klen[item] + store.vlen[item]))
+        if len(chunk) >= 512:
+            yield b"".join(chunk)
+            chunk = []
+    chunk.append(END)
+    yield b"".join(chunk)
 
 
 def tokenize(line: bytes) -> list[bytes]:
@@ -79,6 +116,10 @@ class TextProtocol:
         self._on_data = None           # callback for the pending data block
         self._swallow = 0              # bytes of a refused value still to discard
         self.authenticated = node.auth is None
+        self.fd = 0                    # set by the server (watch and stats conns)
+        self.stream = None             # iterator of reply chunks the server sends before going on
+        self._held = b""               # input that arrived while a stream was going out
+        self.watching = False          # a watch connection only receives log lines
         self.meta = meta
         self._commands = {
             b"get": self.cmd_get, b"gets": self.cmd_gets, b"gat": self.cmd_gat,
@@ -90,14 +131,21 @@ class TextProtocol:
             b"version": self.cmd_version, b"quit": self.cmd_quit,
             b"verbosity": self.cmd_verbosity, b"stats": self.cmd_stats,
             b"shutdown": self.cmd_shutdown, b"cache_memlimit": self.cmd_memlimit,
-            b"config": self.cmd_config,
+            b"config": self.cmd_config, b"slabs": self.cmd_slabs,
+            b"lru_crawler": self.cmd_lru_crawler, b"watch": self.cmd_watch,
         }
 
     # -- input ------------------------------------------------------------------
 
     def feed(self, data: bytes) -> bytes:
         """Consume ``data``; return the replies of every command it completed."""
-        out = self.out
+        if self.stream is not None:
+            self._held += data
+            if len(self._held) > GET_LINE_MAX:
+                self.closed = True       # a client that writes but never reads
+            return b""
+        if self.watching:
+            return b""                   # memcached ignores what a watcher sends
         if self._swallow:
             if len(data) <= self._swallow:
                 self._swallow -= len(data)
@@ -135,6 +183,12 @@ class TextProtocol:
             self._long_get = False
         self._parse(data)
         return self._flush()
+
+    def resume(self) -> bytes:
+        """The server finished sending ``stream``: go on with held input."""
+        self.stream = None
+        data, self._held = self._held, b""
+        return self.feed(data) if data else self._flush()
 
     def _flush(self) -> bytes:
         out = self.out
@@ -177,6 +231,10 @@ class TextProtocol:
                     return
                 else:
                     self.out.append(ERROR)
+            if self.stream is not None or self.watching:
+                if self.stream is not None:
+                    self._held = buf[pos:]
+                return
             if self._on_data is not None:
                 # a storage command wants its data block
                 avail = n - pos
@@ -548,6 +606,91 @@ class TextProtocol:
                 break        # memcached caps a dump at 2 MB
             lines.append(line)
         self.out.append(b"".join(lines) + END)
+
+    # -- operations: slabs, lru_crawler, watch -------------------------------------------
+
+    REASSIGN_REPLIES = {
+        "OK": b"OK\r\n",
+        "BUSY": b"BUSY currently processing reassign request\r\n",
+        "BADCLASS": b"BADCLASS invalid src or dst class id\r\n",
+        "NOSPARE": b"NOSPARE source class has no spare pages\r\n",
+        "SAME": b"SAME src and dst class are identical\r\n",
+    }
+
+    def cmd_slabs(self, tokens) -> None:
+        n = len(tokens)
+        if n == 4 and tokens[1] == b"reassign":
+            src, dst = strtol32(tokens[2]), strtol32(tokens[3])
+            if src is None or dst is None:
+                self.out.append(BAD_FORMAT)
+                return
+            self.out.append(self.REASSIGN_REPLIES[self.node.rebalancer.reassign(src, dst)])
+        elif n >= 3 and tokens[1] == b"automove":
+            level = strtoull(tokens[2]) or 0     # memcached: strtoul, so junk is 0
+            if level > 2:
+                self.out.append(ERROR)
+                return
+            self.node.rebalancer.automove = level
+            self.out.append(b"OK\r\n")
+        else:
+            self.out.append(ERROR)
+
+    def cmd_lru_crawler(self, tokens) -> None:
+        node = self.node
+        n = len(tokens)
+        sub = tokens[1] if n > 1 else b""
+        if sub == b"crawl" and n == 3:
+            if not node.crawler_enabled:
+                self.out.append(b"ERROR lru crawler disabled\r\n")
+                return
+            self.store.crawl_requested = True
+            self.out.append(b"OK\r\n")
+        elif sub == b"metadump" and n == 3:
+            classes = self._class_filter(tokens[2])
+            if classes is None:
+                self.out.append(b"CLIENT_ERROR bad class id\r\n")
+                return
+            self.stream = metadump(self.store, classes)
+        elif sub == b"enable" and n == 2:
+            if node.crawler_enabled:
+                self.out.append(b"ERROR failed to start lru crawler thread\r\n")
+            else:
+                node.crawler_enabled = True
+                self.out.append(b"OK\r\n")
+        elif sub == b"disable" and n == 2:
+            if not node.crawler_enabled:
+                self.out.append(b"ERROR failed to stop lru crawler thread\r\n")
+            else:
+                node.crawler_enabled = False
+                self.out.append(b"OK\r\n")
+        elif sub in (b"sleep", b"tocrawl") and n == 3:
+            self.out.append(b"OK\r\n" if strtoul32(tokens[2]) is not None else ERROR)
+        else:
+            self.out.append(ERROR)
+
+    def _class_filter(self, arg: bytes):
+        """``all``/``hash`` → every class; ``1,2,3`` → those; None if invalid."""
+        if arg in (b"all", b"hash"):
+            return range(1, len(self.store.slabs.classes))
+        ids = []
+        for part in arg.split(b","):
+            cid = strtoul32(part)
+            if cid is None or not 1 <= cid < len(self.store.slabs.classes):
+                return None
+            ids.append(cid)
+        return ids
+
+    def cmd_watch(self, tokens) -> None:
+        kinds = set()
+        for word in tokens[1:]:
+            name = word.decode("latin-1")
+            if name not in WATCH_KINDS:
+                self.out.append(ERROR)
+                return
+            kinds.add(name)
+        self.node.watch.add(self.fd, kinds or {"fetchers"})
+        self.watching = True
+        self.out.append(b"OK\r\n")
 
     # -- meta and auth hooks --------------------------------------------------------------
 
