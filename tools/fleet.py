@@ -148,7 +148,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie still answers kill(pid, 0); it is dead for our purposes
+    # (its parent, not us, must reap it).
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 # --------------------------------------------------------------------------- fleet
