@@ -117,22 +117,24 @@ def free_port(hosts: list[str], low: int = 20000, high: int = 45000) -> int:
     raise RuntimeError("no free port on " + ", ".join(hosts))
 
 
-def stop_pid(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM, wait up to ``timeout``, then SIGKILL. Reaps children of ours."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def stop_pids(pids: list[int], timeout: float = 5.0) -> None:
+    """SIGTERM all, wait up to ``timeout`` for all, then SIGKILL the rest."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
+    pending = [p for p in pids if _alive(p)]
+    while pending and time.monotonic() < deadline:
         time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    _alive(pid)
+        pending = [p for p in pending if _alive(p)]
+    for pid in pending:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -437,8 +439,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("no fleet state; nothing to stop")
         return 0
     state = json.loads(state_path.read_text())
+    stop_pids([n["pid"] for n in state["nodes"]], timeout=args.timeout)
     for n in state["nodes"]:
-        stop_pid(n["pid"], timeout=args.timeout)
         print(f"stopped {n['name']} (pid {n['pid']})")
     state_path.unlink()
     return 0
