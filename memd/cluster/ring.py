@@ -177,7 +177,9 @@ class HashRing(_Ring):
         points, owners = self._table
         if not points:
             return None
-        if type(key) is not bytes:
+        if type(key) is str:
+            key = key.encode("utf-8")
+        elif type(key) is not bytes:
             key = _key_bytes(key)
         i = bisect_left(points, _xxh3(key))
         return owners[i] if i < len(points) else owners[0]
