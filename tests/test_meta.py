@@ -53,7 +53,9 @@ def test_quiet_hides_only_the_nominal_reply(conn):
     assert conn(b"mg k q\r\n") == b"HD\r\n"                     # mg's q hides only EN
     assert conn(b"md k q\r\nmd k q k O5\r\nmn\r\n") == b"NF kk O5\r\nMN\r\n"
     assert conn(b"ma k q\r\n") == b"NF\r\n"
-    assert conn(b"ma k N0 J5 q\r\nmg k v\r\n") == b"VA 1\r\n5\r\n"
+    # a vivifying ma is not a nominal delta: memcached answers it even with q
+    assert conn(b"ma k N0 J5 q\r\nmg k v\r\n") == b"HD\r\nVA 1\r\n5\r\n"
+    assert conn(b"ma k q\r\nmg k v\r\n") == b"VA 1\r\n6\r\n"
 
 
 @pytest.mark.parametrize("line, reply", [
