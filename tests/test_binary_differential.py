@@ -82,36 +82,19 @@ def comparable(resps, cas_norm, closed):
     for r in resps:
         if r.opaque == SENTINEL_OPAQUE and r.opcode == 0x0A:
             continue
-        key = r.key
-        if r.opcode == 0x10 and r.status == 0 and key and STAT_CLASS.match(key):
-            # items:/slabs: stats are per slab class; memd's classes are sized
-            # from its own item header, so class numbers differ.
-            key = STAT_CLASS.sub(b"<class>", key)
-        out.append((r.magic, r.opcode, r.status, r.datatype, r.extras, key,
+        if r.opcode == 0x10 and r.status == 0 and STAT_CLASS.match(r.key):
+            # items:/slabs per-class rows: memd's slab classes are sized from
+            # its own item header (different class numbers and counts), and
+            # memcached's LRU crawler reaps flushed items at a time of its own
+            # choosing, so which classes are listed is not comparable; the
+            # group's other rows and its terminator still are.
+            continue
+        out.append((r.magic, r.opcode, r.status, r.datatype, r.extras, r.key,
                     normalise_value(r, None), r.opaque, cas_norm(r.cas)))
-    if any(o[1] == 0x10 for o in out):
-        out = _dedupe_stat_classes(out)
     return out, closed
 
 
 STAT_CLASS = re.compile(rb"^(items:)?\d+:")
-
-
-def _dedupe_stat_classes(rows):
-    """After class numbers are masked, memcached's and memd's class counts may
-    differ too (same items, different class boundaries): keep one copy of
-    each masked name in a row."""
-    out = []
-    seen = set()
-    for row in rows:
-        if row[5].startswith(b"<class>"):
-            if row[5] in seen:
-                continue
-            seen.add(row[5])
-        else:
-            seen = set()
-        out.append(row)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -163,6 +146,13 @@ def run(pair, batches, notes=False):
     peers = [Peer(s) for s in pair]
     results = [[], []]
     try:
+        # examples share the servers: start each from an empty cache
+        for p in peers:
+            p.sock.sendall(frame(0x08))
+        for p in peers:
+            while len(p.buf) < 24:
+                p.read_some()
+            p.buf = p.buf[24:]
         for batch in batches:
             if notes:
                 note(f"batch: {batch(peers[0].cas).hex()}")
@@ -252,7 +242,11 @@ def valid_request(draw):
         ext = struct.pack(">I", draw(EXPTIMES))
         return lambda c: frame(op, key, ext, opaque=opaque)
     if op in (0x08, 0x18):
-        ext = draw(st.sampled_from([b"", struct.pack(">I", 0), struct.pack(">I", 7200)]))
+        # no delayed flush here: a delayed flush after a flush revives the
+        # items the first one hid unless they were reaped already, and when
+        # memcached's crawler reaps them is its own business (see
+        # test_delayed_flush_matches_memcached)
+        ext = draw(st.sampled_from([b"", struct.pack(">I", 0)]))
         return fixed(frame(op, extras=ext, opaque=opaque))
     if op in (0x0A, 0x0B, 0x20):
         return fixed(frame(op, opaque=opaque))
@@ -314,7 +308,7 @@ def batches(draw):
     return out
 
 
-@settings(max_examples=120, deadline=None, derandomize=True,
+@settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large])
 @given(batches())
@@ -338,6 +332,15 @@ def test_pipeline_flush_points_match_memcached(pair):
     for data in cases:
         mc, md = run(pair, [batch_of([fixed(data)], True)])
         assert md == mc
+
+
+def test_delayed_flush_matches_memcached(pair):
+    """Flush with a delay leaves items readable until then, on fresh keys."""
+    s = frame(0x01, b"df1", set_extras(1), b"v")
+    reqs = [fixed(s + frame(0x08, extras=struct.pack(">I", 7200)) + frame(0x00, b"df1")
+                  + frame(0x18, extras=struct.pack(">I", 3600)) + frame(0x0C, b"df1"))]
+    mc, md = run(pair, [batch_of(reqs, False)])
+    assert md == mc
 
 
 def test_large_value_round_trip_matches_memcached(pair):
