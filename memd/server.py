@@ -47,7 +47,7 @@ SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown
 class Conn:
     """A plain TCP connection served by the epoll loop."""
 
-    __slots__ = ("sock", "fd", "proto", "pending", "info", "closing")
+    __slots__ = ("sock", "fd", "proto", "pending", "info", "closing", "commands")
 
     def __init__(self, sock: socket.socket, info: ConnInfo) -> None:
         self.sock = sock
@@ -56,6 +56,7 @@ class Conn:
         self.pending = b""         # reply bytes the socket did not take yet
         self.info = info
         self.closing = False       # close once ``pending`` is sent
+        self.commands = 0          # the protocol's command count at the last look
 
 
 class Server:
@@ -229,19 +230,22 @@ class Server:
                     self._close(conn)
                     continue
                 data = bytes(rview[:n])
-                node.bytes_read += len(data)
-                conn.info.last_cmd = now
-                proto = conn.proto
-                if proto is None:
-                    proto = conn.proto = protocol_for(node, data[0])
-                    proto.fd = fd
+                node.bytes_read += n
                 watch.current_fd = fd
                 try:
+                    proto = conn.proto
+                    if proto is None:
+                        proto = conn.proto = protocol_for(node, data[0])
+                        proto.fd = fd
                     reply = proto.feed(data)
                 except Exception:
                     log.exception("connection %d: protocol failure; closing it", fd)
                     self._close(conn)
                     continue
+                if proto.commands != conn.commands:
+                    # idle means no complete command: a slow-loris trickle is idle
+                    conn.commands = proto.commands
+                    conn.info.last_cmd = now
                 if proto.closed:
                     conn.closing = True
                 if reply or conn.closing or proto.stream is not None:
@@ -323,10 +327,13 @@ class Server:
                 if not data:
                     break
                 node.bytes_read += len(data)
-                info.last_cmd = time.monotonic()
                 if proto is None:
                     proto = protocol_for(node, data[0])
+                    proto.fd = info.fd
+                seen = proto.commands
                 reply = proto.feed(data)
+                if proto.commands != seen:
+                    info.last_cmd = time.monotonic()
                 while True:
                     if reply:
                         await stream.send_all(reply)

@@ -403,9 +403,6 @@ def test_garbage_on_many_connections_does_not_disturb_a_well_behaved_client(
     assert "Traceback" not in node.stderr_text(), node.stderr_text()
 
 
-@pytest.mark.xfail(not HAS_BINARY, strict=False,
-                   reason="server.py calls protocol_for() outside its try: while "
-                          "memd.protocol.binary is missing, one 0x80 byte kills the node")
 def test_a_binary_connection_never_takes_the_node_down(memd_server_factory):
     node = memd_server_factory()
     with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
@@ -419,9 +416,6 @@ def test_a_binary_connection_never_takes_the_node_down(memd_server_factory):
     assert _alive_and_answering(node)
 
 
-@pytest.mark.xfail(strict=False,
-                   reason="server.py refreshes last_cmd on every recv, so a client that "
-                          "never completes a command is never idle (memcached closes it)")
 def test_slow_loris_is_closed_by_the_idle_timeout(memd_server_factory):
     node = memd_server_factory("--idle-timeout", "1")
     with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:

@@ -325,11 +325,8 @@ def test_memory_is_reused_after_reclaim():
     check_consistency(s)
 
 
-# -- bugs found ----------------------------------------------------------------------
+# -- memcached quirks (found as bugs, now fixed) ----------------------------------------------------------------------
 
-@pytest.mark.xfail(reason="bug: too_large() ignores client flags; memcached's item header "
-                          "carries 4 more bytes when flags != 0 (item_make_header), so "
-                          "memcached refuses this value and memd stores it", strict=True)
 def test_too_large_counts_flags_like_memcached():
     # verified against memcached 1.6.18 -I 1m: key "k", flags 1, 1048513-byte value ->
     # "SERVER_ERROR object too large for cache"; with flags 0 it is STORED
@@ -338,18 +335,12 @@ def test_too_large_counts_flags_like_memcached():
     assert s.store(S.SET, b"k", 1, 0, b"x" * 1048513) == S.TOO_LARGE
 
 
-@pytest.mark.xfail(reason="bug: append/prepend past -I returns TOO_LARGE ('SERVER_ERROR "
-                          "object too large for cache'); memcached 1.6.18 answers NOT_STORED "
-                          "(do_item_alloc fails inside do_store_item)", strict=True)
 def test_append_past_item_size_max_is_not_stored():
     s, clock = make(64 * MB)
     assert s.store(S.SET, b"a", 0, 0, b"x" * (MB - 100)) == S.STORED
     assert s.store(S.APPEND, b"a", 0, 0, b"y" * 200) == S.NOT_STORED
 
 
-@pytest.mark.xfail(reason="bug: incr/decr reads the value as C does only up to a NUL: "
-                          "memcached's strtoull stops at '\\0', so '5\\x00abc' incr 1 -> 6 "
-                          "('6    '); memd says NON_NUMERIC", strict=True)
 def test_incr_stops_at_nul_like_memcached():
     s, clock = make()
     s.store(S.SET, b"n", 0, 0, b"5\x00abc")

@@ -23,7 +23,9 @@ from .store import LINKED, ItemStore
 
 OK, BUSY, BADCLASS, NOSPARE, SAME = "OK", "BUSY", "BADCLASS", "NOSPARE", "SAME"
 AGE_RATIO = 1.25          # source tail must be this much older than the destination's
-WINDOW = 1                # seconds between automove decisions
+# Decide at every step that has no move in progress: a page takes a few
+# ticks to drain anyway, and the age test keeps pages from ping-ponging.
+WINDOW = 0
 
 
 class Rebalancer:
@@ -58,7 +60,7 @@ class Rebalancer:
                 return NOSPARE
         if len(slabs.classes[src].pages) < 2:
             return NOSPARE
-        if not slabs.can_receive(slabs.classes[dst]):
+        if not slabs.can_receive(slabs.classes[dst], slabs.classes[src]):
             return NOSPARE
         self._start(src, dst)
         return OK
@@ -80,7 +82,8 @@ class Rebalancer:
         if dst < 0:
             return
         src = self._pick_source(dst, require_age=self.automove == 1)
-        if src >= 0 and self.store.slabs.can_receive(self.store.slabs.classes[dst]):
+        classes = self.store.slabs.classes
+        if src >= 0 and self.store.slabs.can_receive(classes[dst], classes[src]):
             self._start(src, dst)
             self._drain()
 

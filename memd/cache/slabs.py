@@ -172,10 +172,13 @@ class SlabAllocator:
         """What ``-m`` bounds: the pages plus the metadata of every id they hold."""
         return self.malloced + self.n_ids * self.bytes_per_id
 
-    def _ids_to_add(self, cls: SlabClass) -> int:
-        """New ids a page for ``cls`` would cost (0 when a spare block fits)."""
+    def _ids_to_add(self, cls: SlabClass, freed_block: int = 0) -> int:
+        """New ids a page for ``cls`` would cost (0 when a spare block fits,
+        including the block of a page about to be moved)."""
         n = cls.per_page
-        return 0 if any(count >= n for _, count in self.spare_blocks) else n
+        if freed_block >= n or any(count >= n for _, count in self.spare_blocks):
+            return 0
+        return n
 
     def can_grow(self, cls: SlabClass) -> bool:
         if not cls.pages:
@@ -183,9 +186,14 @@ class SlabAllocator:
         cost = self.page_size + self._ids_to_add(cls) * self.bytes_per_id
         return self.accounted + cost <= self.mem_limit
 
-    def can_receive(self, cls: SlabClass) -> bool:
-        """Whether a page moved to ``cls`` fits its ids within the limit."""
-        return self.accounted + self._ids_to_add(cls) * self.bytes_per_id <= self.mem_limit
+    def can_receive(self, cls: SlabClass, src: SlabClass) -> bool:
+        """Whether a page moved from ``src`` to ``cls`` fits its ids within the limit.
+
+        Moving towards larger chunks reuses the moved page's own id block;
+        moving towards smaller ones may need more ids than the limit allows.
+        """
+        new_ids = self._ids_to_add(cls, freed_block=src.per_page)
+        return not new_ids or self.accounted + new_ids * self.bytes_per_id <= self.mem_limit
 
     def _grow(self, cls: SlabClass) -> bool:
         if not self.can_grow(cls):

@@ -318,8 +318,10 @@ class ItemStore:
     def item_size(self, item: int) -> int:
         return self.vstart[item] + self.vlen[item] + 2
 
-    def too_large(self, klen: int, vlen: int) -> bool:
-        return MEMCACHED_ITEM_OVERHEAD + klen + vlen > self.settings.item_size_max
+    def too_large(self, klen: int, vlen: int, flags: int = 0) -> bool:
+        """memcached's test: its item header grows by 4 bytes for non-zero flags."""
+        return (MEMCACHED_ITEM_OVERHEAD + klen + vlen + (4 if flags else 0)
+                > self.settings.item_size_max)
 
     # -- commands ----------------------------------------------------------------
 
@@ -441,7 +443,7 @@ class ItemStore:
 
     def _store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int) -> int:
         self.last_cas = 0
-        if self.too_large(len(key), len(value)):
+        if self.too_large(len(key), len(value), flags):
             return TOO_LARGE
         now = self.clock()
         self.cmd_set += 1
@@ -475,8 +477,9 @@ class ItemStore:
                 return EXISTS
             current = self.value_of(old)
             value = current + bytes(value) if mode == APPEND else bytes(value) + current
-            if self.too_large(len(key), len(value)):
-                return TOO_LARGE
+            if self.too_large(len(key), len(value), self.flags[old]):
+                return NOT_STORED    # memcached: the allocation fails inside the store
+
             flags = self.flags[old]
             exp = self.exptime[old]
             new = self._write(key, flags, exp, value, now)
@@ -523,7 +526,8 @@ class ItemStore:
         if cas and self.cas[item] != cas:
             return EXISTS, None
         vlen = self.vlen[item]
-        current = strtoull(self.value_of(item)) if vlen else None
+        # C reads the number up to a NUL, so "5\0abc" is 5 there too
+        current = strtoull(self.value_of(item).split(b"\0", 1)[0]) if vlen else None
         if current is None:
             return NON_NUMERIC, None
         cls = self.slabs.classes[self.id_class[item]]

@@ -104,6 +104,9 @@ class BinaryProtocol:
         self.out: list[bytes] = []
         self._mark = 0                 # replies before this index are "flushed"
         self._requests = 0             # requests parsed in the current feed
+        self.commands = 0              # requests parsed, ever (the server's idle clock)
+        self.stream = None             # binary replies never stream
+        self.fd = 0
         self._pending: list[bytes] = []  # input gathered until _need bytes are in
         self._pending_len = 0
         self._need = 0
@@ -235,6 +238,7 @@ class BinaryProtocol:
             self._after_request()
 
     def _count_request(self) -> None:
+        self.commands += 1
         c = self._requests = self._requests + 1
         if c > FIRST_YIELD and (c - FIRST_YIELD - 1) % YIELD_EVERY == 0:
             # memcached yielded before this request, flushing what it had

@@ -26,6 +26,7 @@ KEY_MAX = 250
 MAX_TOKENS = 24
 LINE_MAX = 2048           # longest partial line memcached buffers before closing
 GET_LINE_MAX = 1 << 20    # bound for the long multi-get lines memcached does allow
+AUTH_DATA_MAX = 4096      # longest "<user> <password>" accepted before authentication
 
 ERROR = b"ERROR\r\n"
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
@@ -117,6 +118,7 @@ class TextProtocol:
         self._swallow = 0              # bytes of a refused value still to discard
         self.authenticated = node.auth is None
         self.fd = 0                    # set by the server (watch and stats conns)
+        self.commands = 0              # command lines parsed, ever (the server's idle clock)
         self.stream = None             # iterator of reply chunks the server sends before going on
         self._held = b""               # input that arrived while a stream was going out
         self.watching = False          # a watch connection only receives log lines
@@ -215,6 +217,7 @@ class TextProtocol:
             line = buf[pos:end]
             pos = eol + 1
             tokens = tokenize(line)
+            self.commands += 1
             if not tokens or len(tokens[0]) < 2:
                 self.out.append(ERROR)
                 continue
@@ -381,7 +384,7 @@ class TextProtocol:
         if exptime < 0:
             exptime = st.REALTIME_MAXDELTA + 1    # memcached: negative means already expired
         store = self.store
-        if store.too_large(len(key), vlen):
+        if store.too_large(len(key), vlen, flags):
             # refuse before reading: swallow the data without buffering it
             self.node.counters["store_too_large"] += 1
             self._say(noreply, TOO_LARGE)
@@ -704,25 +707,32 @@ class TextProtocol:
 
     def _auth_gate(self, tokens) -> None:
         """Before authenticating, memcached's text protocol only takes a set
-        whose data is ``<user> <password>``."""
-        if tokens[0] != b"set" or len(tokens) not in (5, 6):
+        whose data is ``<user> <password>``; everything else is refused
+        without closing, as memcached does."""
+        vlen = strtol32(tokens[4]) if tokens[0] == b"set" and len(tokens) in (5, 6) else None
+        if vlen is None or vlen < 0:
             self.out.append(b"CLIENT_ERROR unauthenticated\r\n")
             return
-        vlen = strtol32(tokens[4])
-        if vlen is None or vlen < 0 or vlen > 4096:
+        if vlen > AUTH_DATA_MAX:
+            # not a credential: do not buffer what an unauthenticated peer declares
             self.out.append(b"CLIENT_ERROR unauthenticated\r\n")
             self.closed = True
             return
 
         def on_data(block: bytes) -> None:
             self.node.counters["auth_cmds"] += 1
-            parts = block[:-2].split(b" ")
-            if len(parts) == 2 and self.node.auth.check(parts[0], parts[1]):
+            if block[-2:] != b"\r\n":
+                self.out.append(b"CLIENT_ERROR bad command line termination\r\n")
+                return
+            parts = [p for p in block[:-2].split(b" ") if p]
+            if len(parts) < 2:
+                self.node.counters["auth_errors"] += 1
+                self.out.append(b"CLIENT_ERROR bad authentication token format\r\n")
+            elif self.node.auth.check(parts[0], parts[1]):
                 self.authenticated = True
                 self.out.append(b"STORED\r\n")
             else:
                 self.node.counters["auth_errors"] += 1
                 self.out.append(b"CLIENT_ERROR authentication failure\r\n")
-                self.closed = True
 
         self.expect_data(vlen + 2, on_data)
