@@ -9,7 +9,7 @@ import time
 import pytest
 from pymemcache.client.base import Client
 
-from tests import wire
+import wire
 
 
 def _client(server) -> Client:
