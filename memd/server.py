@@ -212,6 +212,7 @@ class Server:
                 await wait_readable(ep.fileno())
                 continue
             now = time.monotonic()
+            nread = nwritten = 0
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is None:
@@ -219,8 +220,9 @@ class Server:
                 if ev & EPOLLOUT:
                     self._send(conn, b"")
                     continue
+                sock = conn.sock
                 try:
-                    n = conn.sock.recv_into(rbuf)
+                    n = sock.recv_into(rbuf)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:
@@ -229,15 +231,14 @@ class Server:
                 if not n:
                     self._close(conn)
                     continue
-                data = bytes(rview[:n])
-                node.bytes_read += n
+                nread += n
                 watch.current_fd = fd
+                proto = conn.proto
                 try:
-                    proto = conn.proto
                     if proto is None:
-                        proto = conn.proto = protocol_for(node, data[0])
+                        proto = conn.proto = protocol_for(node, rbuf[0])
                         proto.fd = fd
-                    reply = proto.feed(data)
+                    reply = proto.feed(bytes(rview[:n]))
                 except Exception:
                     log.exception("connection %d: protocol failure; closing it", fd)
                     self._close(conn)
@@ -246,10 +247,26 @@ class Server:
                     # idle means no complete command: a slow-loris trickle is idle
                     conn.commands = proto.commands
                     conn.info.last_cmd = now
+                if reply and not conn.pending and proto.stream is None and not proto.closed:
+                    # the common case, inline: one reply, one send, all taken
+                    try:
+                        sent = sock.send(reply)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        self._close(conn)
+                        continue
+                    nwritten += sent
+                    if sent < len(reply):
+                        conn.pending = reply[sent:]
+                        ep.modify(fd, EPOLLOUT)      # stop reading until drained
+                    continue
                 if proto.closed:
                     conn.closing = True
                 if reply or conn.closing or proto.stream is not None:
                     self._send(conn, reply)
+            node.bytes_read += nread
+            node.bytes_written += nwritten
             if store.watch is not None:
                 for wfd, lines in watch.take():
                     wconn = conns.get(wfd)

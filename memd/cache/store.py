@@ -114,6 +114,12 @@ class ItemStore:
         self.bytes = 0
         self.reclaim_cursor = 0
         self.class_get_hits = array("Q", bytes(8 * len(slabs.classes)))
+        # the arrays the read path needs, fetched with one attribute load (they
+        # only ever grow in place, so the tuple stays valid)
+        self._hot_arrays = (self.index.hash, self.index.chain, self.klen, self.pages,
+                            self.id_page, self.id_offset, self.vstart, self.vlen,
+                            self.exptime, self.atime, self.iflags, self.id_class,
+                            self.class_get_hits)
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -336,10 +342,8 @@ class ItemStore:
         old = index.old
         buckets, mask = index.buckets, index.mask
         old_mask, migrated = index.old_mask, index.migrated
-        hashes, chain, klen = index.hash, index.chain, self.klen
-        pages, id_page, id_offset = self.pages, self.id_page, self.id_offset
-        vstart, vlen, exptime, atime = self.vstart, self.vlen, self.exptime, self.atime
-        iflags, id_class, class_hits = self.iflags, self.id_class, self.class_get_hits
+        (hashes, chain, klen, pages, id_page, id_offset, vstart, vlen, exptime, atime,
+         iflags, id_class, class_hits) = self._hot_arrays
         oldest_live = self.oldest_live
         if oldest_live > now:
             oldest_live = 0
@@ -352,12 +356,12 @@ class ItemStore:
                 item = old[h & old_mask]
             else:
                 item = buckets[h & mask]
-            n = len(key)
             while item != NIL:
-                if hashes[item] == h and klen[item] == n:
+                if hashes[item] == h:
                     off = id_offset[item]
                     page = pages[id_page[item]]
-                    if page[off:off + n] == key:
+                    # startswith compares in place: no slice object per lookup
+                    if page.startswith(key, off) and klen[item] == len(key):
                         break
                 item = chain[item]
             else:
@@ -367,11 +371,13 @@ class ItemStore:
                 self._find_for_get(key, now)      # counts and reclaims it
                 continue
             hits += 1
-            class_hits[id_class[item]] += 1
-            iflags[item] |= FETCHED
+            cls_id = id_class[item]
+            class_hits[cls_id] += 1
+            if not iflags[item] & FETCHED:
+                iflags[item] |= FETCHED
             if atime[item] <= bump_before:
                 atime[item] = now
-                self.lru.bump(id_class[item], item)
+                self.lru.bump(cls_id, item)
             vs = vstart[item]
             if with_cas:
                 append(b"VALUE ")
@@ -488,12 +494,51 @@ class ItemStore:
             self._replace(old, new, key)
             self.last_cas = self.cas[new]
             return STORED
-        new = self._write(key, flags, self.abs_exptime(exptime, now), value, now)
+        exp = self.abs_exptime(exptime, now)
+        # (under -M memcached refuses a replacement when no chunk is free; the
+        # in-place path would hide that, so it is only taken with evictions on)
+        if old >= 0 and self.settings.evictions and self._overwrite(old, flags, exp, value, now):
+            self.last_cas = self.cas[old]
+            return STORED
+        new = self._write(key, flags, exp, value, now)
         if new < 0:
             return NO_MEMORY
         self._replace(old, new, key)
         self.last_cas = self.cas[new]
         return STORED
+
+    def _overwrite(self, item: int, flags: int, exp: int, value, now: int) -> bool:
+        """Replace an item's value in its own chunk when the new one fits the
+        same class: no allocation, no index or free-list traffic.  The item
+        is otherwise new: fresh CAS, flags, expiry, unfetched, LRU head."""
+        klen = self.klen[item]
+        vlen = len(value)
+        suffix = b" %d %d\r\n" % (flags, vlen)
+        vstart = klen + len(suffix)
+        total = vstart + vlen + 2
+        cls_id = self.id_class[item]
+        cls = self.slabs.classes[cls_id]
+        if total > cls.chunk_size or (cls_id > 1 and total <= self.slabs.sizes[cls_id - 2]):
+            return False        # it belongs in another class
+        page = self.pages[self.id_page[item]]
+        off = self.id_offset[item]
+        end = off + vstart + vlen
+        page[off + klen:off + vstart] = suffix
+        page[off + vstart:end] = value
+        page[end:end + 2] = b"\r\n"
+        old_total = self.vstart[item] + self.vlen[item] + 2
+        cls.requested += total - old_total
+        self.bytes += total - old_total
+        self.vstart[item] = vstart
+        self.vlen[item] = vlen
+        self.flags[item] = flags
+        self.exptime[item] = exp
+        self.atime[item] = now
+        self.cas[item] = self._new_cas()
+        self.iflags[item] = LINKED
+        self.lru.bump(cls_id, item)
+        self.total_items += 1
+        return True
 
     def _touched_update(self, item: int, now: int) -> None:
         if now - self.atime[item] >= self.settings.bump_interval:

@@ -204,6 +204,8 @@ class TextProtocol:
         pos = 0
         n = len(buf)
         dispatch = self._commands
+        out = self.out
+        fetch_text = self.store.fetch_text
         while pos < n and not self.closed:
             eol = buf.find(b"\n", pos)
             if eol < 0:
@@ -216,6 +218,14 @@ class TextProtocol:
             end = eol - 1 if eol > pos and buf[eol - 1] == 13 else eol
             line = buf[pos:end]
             pos = eol + 1
+            if line[:4] == b"get " and self.authenticated:
+                # the hot path: a well-formed get needs no general tokenizing
+                keys = line[4:].split(b" ")
+                if b"" not in keys and b"\0" not in line and max(map(len, keys)) <= KEY_MAX:
+                    self.commands += 1
+                    fetch_text(keys, out, False)
+                    out.append(END)
+                    continue
             tokens = tokenize(line)
             self.commands += 1
             if not tokens or len(tokens[0]) < 2:
@@ -304,13 +314,12 @@ class TextProtocol:
         if not keys:
             self.out.append(ERROR)
             return
-        for k in keys:
-            if len(k) > KEY_MAX:
-                # memcached releases every reply still queued on the connection
-                # here, so earlier replies of the same read vanish too
-                self.out.clear()
-                self.out.append(BAD_FORMAT)
-                return
+        if max(map(len, keys)) > KEY_MAX:
+            # memcached releases every reply still queued on the connection
+            # here, so earlier replies of the same read vanish too
+            self.out.clear()
+            self.out.append(BAD_FORMAT)
+            return
         self.store.fetch_text(keys, self.out, with_cas)
         self.out.append(END)
 
