@@ -331,8 +331,11 @@ class ItemStore:
 
     # -- commands ----------------------------------------------------------------
 
-    def fetch_text(self, keys, out: list, with_cas: bool = False) -> None:
+    def fetch_text(self, keys, out: list, with_cas: bool = False, end_each: bool = False) -> None:
         """The text get/gets hot path: append one VALUE block per hit to ``out``.
+
+        With ``end_each`` every key is its own single-key get and gets its own
+        END (the parser batches a pipeline of those into one call).
 
         The index lookup is inlined with everything in locals: this loop is
         what a multi-get of 100 keys spends its time in.
@@ -365,10 +368,14 @@ class ItemStore:
                         break
                 item = chain[item]
             else:
+                if end_each:
+                    append(b"END\r\n")
                 continue
             exp = exptime[item]
             if (exp and exp <= now) or (oldest_live and self._dead(item, now)):
                 self._find_for_get(key, now)      # counts and reclaims it
+                if end_each:
+                    append(b"END\r\n")
                 continue
             hits += 1
             cls_id = id_class[item]
@@ -387,6 +394,8 @@ class ItemStore:
             else:
                 append(b"VALUE ")
                 append(page[off:off + vs + vlen[item] + 2])
+            if end_each:
+                append(b"END\r\n")
         n = len(keys)
         self.cmd_get += n
         self.get_hits += hits

@@ -201,6 +201,16 @@ class TextProtocol:
         return reply
 
     def _parse(self, buf: bytes) -> None:
+        # consecutive single-key gets (a pipeline) are answered by one store
+        # call; the batch is flushed before any other command and at the end
+        gets: list[bytes] = []
+        try:
+            self._parse_lines(buf, gets)
+        finally:
+            if gets:
+                self.store.fetch_text(gets, self.out, False, True)
+
+    def _parse_lines(self, buf: bytes, gets: list) -> None:
         pos = 0
         n = len(buf)
         dispatch = self._commands
@@ -223,9 +233,18 @@ class TextProtocol:
                 keys = line[4:].split(b" ")
                 if b"" not in keys and b"\0" not in line and max(map(len, keys)) <= KEY_MAX:
                     self.commands += 1
+                    if len(keys) == 1:
+                        gets.append(keys[0])
+                        continue
+                    if gets:
+                        fetch_text(gets, out, False, True)
+                        gets.clear()
                     fetch_text(keys, out, False)
                     out.append(END)
                     continue
+            if gets:
+                fetch_text(gets, out, False, True)
+                gets.clear()
             tokens = tokenize(line)
             self.commands += 1
             if not tokens or len(tokens[0]) < 2:
