@@ -495,20 +495,17 @@ class ItemStore:
             if self.too_large(len(key), len(value), self.flags[old]):
                 return NOT_STORED    # memcached: the allocation fails inside the store
 
-            flags = self.flags[old]
-            exp = self.exptime[old]
-            new = self._write(key, flags, exp, value, now)
-            if new < 0:
-                return NO_MEMORY
-            self._replace(old, new, key)
-            self.last_cas = self.cas[new]
-            return STORED
+            return self._store_new(old, key, self.flags[old], self.exptime[old], value, now)
         exp = self.abs_exptime(exptime, now)
         # (under -M memcached refuses a replacement when no chunk is free; the
         # in-place path would hide that, so it is only taken with evictions on)
         if old >= 0 and self.settings.evictions and self._overwrite(old, flags, exp, value, now):
             self.last_cas = self.cas[old]
             return STORED
+        return self._store_new(old, key, flags, exp, value, now)
+
+    def _store_new(self, old: int, key: bytes, flags: int, exp: int, value, now: int) -> int:
+        """Write the item to a new chunk and put it in place of ``old`` (or -1)."""
         new = self._write(key, flags, exp, value, now)
         if new < 0:
             return NO_MEMORY

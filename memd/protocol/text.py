@@ -463,15 +463,23 @@ class TextProtocol:
         result = self.store.delete(key)
         self._say(noreply, b"DELETED\r\n" if result == st.DELETED else b"NOT_FOUND\r\n")
 
-    def cmd_arith(self, tokens) -> None:
+    def _key_and_noreply(self, tokens):
+        """The shared preamble of `<cmd> <key> <arg> [noreply]` commands:
+        (key, noreply), or None once the error reply is out."""
         if len(tokens) not in (3, 4):
             self.out.append(ERROR)
-            return
+            return None
         noreply = tokens[-1] == b"noreply"
-        key = tokens[1]
-        if len(key) > KEY_MAX:
+        if len(tokens[1]) > KEY_MAX:
             self._say(noreply, BAD_FORMAT)
+            return None
+        return tokens[1], noreply
+
+    def cmd_arith(self, tokens) -> None:
+        parsed = self._key_and_noreply(tokens)
+        if parsed is None:
             return
+        key, noreply = parsed
         delta = strtoull(tokens[2])
         if delta is None:
             self._say(noreply, b"CLIENT_ERROR invalid numeric delta argument\r\n")
@@ -488,14 +496,10 @@ class TextProtocol:
         self._say(noreply, msg)
 
     def cmd_touch(self, tokens) -> None:
-        if len(tokens) not in (3, 4):
-            self.out.append(ERROR)
+        parsed = self._key_and_noreply(tokens)
+        if parsed is None:
             return
-        noreply = tokens[-1] == b"noreply"
-        key = tokens[1]
-        if len(key) > KEY_MAX:
-            self._say(noreply, BAD_FORMAT)
-            return
+        key, noreply = parsed
         exptime = strtol32(tokens[2])
         if exptime is None:
             self._say(noreply, b"CLIENT_ERROR invalid exptime argument\r\n")
