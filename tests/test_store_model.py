@@ -372,7 +372,9 @@ class StoreModel(RuleBasedStateMachine):
         assert s.curr_items == len(self.items)
         assert s.get_hits == self.hits
         assert s.get_misses == self.misses
-        expected_bytes = sum(len(k) + len(b" %d %d\r\n" % (it.flags, len(it.value)))
+        # `bytes` is the chunk bytes items use: the text reply stored whole,
+        # "VALUE <key> <flags> <bytes>\r\n<value>\r\n"
+        expected_bytes = sum(len(b"VALUE %s %d %d\r\n" % (k, it.flags, len(it.value)))
                              + len(it.value) + 2 for k, it in self.items.items())
         assert s.bytes == expected_bytes
         assert s.evictions == 0

@@ -373,7 +373,6 @@ class TextProtocol:
                 out.append(store.value_of(item))
                 out.append(b"\r\n")
             else:
-                out.append(b"VALUE ")
                 out.append(store.text_value(item))
         out.append(END)
 
