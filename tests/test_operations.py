@@ -106,14 +106,23 @@ def test_lru_crawler_crawl_reclaims_expired_items_without_touching_them(memd_ser
     assert client.get("long") == b"y"
 
 
-def test_lru_crawler_enable_disable_replies(memd_server_factory):
-    server = memd_server_factory()
-    with wire.connect(server) as c:
-        assert c.request(b"lru_crawler disable\r\n") == b"OK\r\n"
-        assert c.request(b"lru_crawler disable\r\n") == b"ERROR failed to stop lru crawler thread\r\n"
-        assert c.request(b"lru_crawler enable\r\n") == b"OK\r\n"
-        assert c.request(b"lru_crawler enable\r\n") == b"ERROR failed to start lru crawler thread\r\n"
-        assert c.request(b"lru_crawler bogus\r\n") == b"ERROR\r\n"
+@pytest.mark.parametrize("commands", [
+    [b"lru_crawler disable", b"lru_crawler disable", b"lru_crawler enable", b"lru_crawler enable"],
+    [b"lru_crawler bogus", b"lru_crawler", b"lru_crawler crawl all", b"lru_crawler crawl 1,2"],
+    [b"lru_crawler crawl 0", b"lru_crawler crawl 100", b"lru_crawler metadump 0"],
+    [b"lru_crawler sleep 100", b"lru_crawler tocrawl 5"],
+    [b"watch bogus"],
+])
+def test_lru_crawler_and_watch_replies_match_memcached(server_factory, commands):
+    replies = []
+    for kind in ("memcached", "memd"):
+        server = server_factory(kind)
+        got = []
+        for command in commands:          # one connection each: state is per node
+            with wire.connect(server) as c:
+                got.append(c.request(command + b"\r\n"))
+        replies.append(got)
+    assert replies[0] == replies[1]
 
 
 @pytest.mark.parametrize("command, reply", [

@@ -26,6 +26,7 @@ KEY_MAX = 250
 MAX_TOKENS = 24
 LINE_MAX = 2048           # longest partial line memcached buffers before closing
 GET_LINE_MAX = 1 << 20    # bound for the long multi-get lines memcached does allow
+MAX_CLASS_ID = 63         # memcached's MAX_NUMBER_OF_SLAB_CLASSES - 1
 AUTH_DATA_MAX = 4096      # longest "<user> <password>" accepted before authentication
 
 ERROR = b"ERROR\r\n"
@@ -673,18 +674,17 @@ class TextProtocol:
         node = self.node
         n = len(tokens)
         sub = tokens[1] if n > 1 else b""
-        if sub == b"crawl" and n == 3:
-            if not node.crawler_enabled:
-                self.out.append(b"ERROR lru crawler disabled\r\n")
-                return
-            self.store.crawl_requested = True
-            self.out.append(b"OK\r\n")
-        elif sub == b"metadump" and n == 3:
+        if sub in (b"crawl", b"metadump") and n == 3:
             classes = self._class_filter(tokens[2])
             if classes is None:
-                self.out.append(b"CLIENT_ERROR bad class id\r\n")
-                return
-            self.stream = metadump(self.store, classes)
+                self.out.append(b"BADCLASS invalid class id\r\n")
+            elif sub == b"metadump":
+                self.stream = metadump(self.store, classes)
+            elif not node.crawler_enabled:
+                self.out.append(b"ERROR lru crawler disabled\r\n")
+            else:
+                self.store.crawl_requested = True
+                self.out.append(b"OK\r\n")
         elif sub == b"enable" and n == 2:
             if node.crawler_enabled:
                 self.out.append(b"ERROR failed to start lru crawler thread\r\n")
@@ -692,24 +692,24 @@ class TextProtocol:
                 node.crawler_enabled = True
                 self.out.append(b"OK\r\n")
         elif sub == b"disable" and n == 2:
-            if not node.crawler_enabled:
-                self.out.append(b"ERROR failed to stop lru crawler thread\r\n")
-            else:
-                node.crawler_enabled = False
-                self.out.append(b"OK\r\n")
+            node.crawler_enabled = False      # memcached: OK even when already off
+            self.out.append(b"OK\r\n")
         elif sub in (b"sleep", b"tocrawl") and n == 3:
             self.out.append(b"OK\r\n" if strtoul32(tokens[2]) is not None else ERROR)
         else:
             self.out.append(ERROR)
 
     def _class_filter(self, arg: bytes):
-        """``all``/``hash`` → every class; ``1,2,3`` → those; None if invalid."""
+        """``all``/``hash`` → every class; ``1,2,3`` → those; None if invalid.
+
+        Valid ids are memcached's (1..62), whether or not this node has that
+        many classes, so the same command is valid on both."""
         if arg in (b"all", b"hash"):
             return range(1, len(self.store.slabs.classes))
         ids = []
         for part in arg.split(b","):
             cid = strtoul32(part)
-            if cid is None or not 1 <= cid < len(self.store.slabs.classes):
+            if cid is None or not 1 <= cid < MAX_CLASS_ID:
                 return None
             ids.append(cid)
         return ids
