@@ -322,24 +322,34 @@ class MetaCommands:
 
     # -- md -------------------------------------------------------------------------
 
-    def md(self, proto, tokens) -> None:
+    def _checked_flags(self, proto, tokens):
+        """md and ma share their checks: (flags, now), or None once the error
+        reply is out."""
         out = proto.out
         n = len(tokens)
         if n < 2:
             out.append(ERROR)
-            return
+            return None
         if len(tokens[1]) > KEY_MAX:
             out.append(BAD_FORMAT)
-            return
+            return None
         if n >= MAX_TOKENS:
             out.append(TOO_MANY)
-            return
-        store = self.store
-        now = store.clock()
-        f, err = preparse(tokens, 2, store, now)
+            return None
+        now = self.store.clock()
+        f, err = preparse(tokens, 2, self.store, now)
         if err is not None:
             out.append(INVALID_OR_DUP)
+            return None
+        return f, now
+
+    def md(self, proto, tokens) -> None:
+        checked = self._checked_flags(proto, tokens)
+        if checked is None:
             return
+        f, now = checked
+        out = proto.out
+        store = self.store
         suffix = []
         for tok in tokens[2:]:
             c = tok[0]
@@ -375,23 +385,12 @@ class MetaCommands:
     # -- ma -------------------------------------------------------------------------
 
     def ma(self, proto, tokens) -> None:
+        checked = self._checked_flags(proto, tokens)
+        if checked is None:
+            return
+        f, now = checked
         out = proto.out
-        n = len(tokens)
-        if n < 2:
-            out.append(ERROR)
-            return
-        if len(tokens[1]) > KEY_MAX:
-            out.append(BAD_FORMAT)
-            return
-        if n >= MAX_TOKENS:
-            out.append(TOO_MANY)
-            return
         store = self.store
-        now = store.clock()
-        f, err = preparse(tokens, 2, store, now)
-        if err is not None:
-            out.append(INVALID_OR_DUP)
-            return
         m = f.mode
         if m in (0, 0x49, 0x2B):         # none, I, +
             incr = True
