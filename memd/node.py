@@ -77,6 +77,7 @@ class Node:
         self.bytes_written = 0
         self.conns: dict[int, ConnInfo] = {}
         self.listeners: list[str] = []
+        self.listener_fds: dict[str, int] = {}
         # hooks filled in by the server / CLI
         self.cluster = None            # memd.cluster.config.ClusterConfig
         self.auth = None               # memd.auth.Authenticator

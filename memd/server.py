@@ -92,6 +92,7 @@ class Server:
                 name = lsock.getsockname()
                 self.bound.append((name[0], name[1]))
                 self.node.listeners.append(f"tcp:{name[0]}:{name[1]}")
+                self.node.listener_fds[f"tcp:{name[0]}:{name[1]}"] = lsock.fileno()
                 log.info("listening on %s:%d%s", name[0], name[1], " (TLS)" if tls else "")
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -181,7 +181,7 @@ def conns(node: Node) -> list:
     now = time.monotonic()
     out = []
     for listen in node.listeners:
-        fd = node.listener_fds.get(listen, 0) if hasattr(node, "listener_fds") else 0
+        fd = node.listener_fds.get(listen, 0)
         out += [(f"{fd}:addr", listen), (f"{fd}:state", "conn_listening"),
                 (f"{fd}:secs_since_last_cmd", 0)]
     for info in list(node.conns.values()):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import xxhash
 
 from ..numbers import strtoull
-from .clock import SystemClock
+from .clock import system_clock
 from .index import HashIndex
 from .lru import LRU, NIL
 from .slabs import SlabAllocator
@@ -81,7 +81,7 @@ class ItemStore:
 
     def __init__(self, settings: StoreSettings | None = None, clock=None) -> None:
         self.settings = s = settings or StoreSettings()
-        self.clock = clock or SystemClock()
+        self.clock = clock or system_clock
         self.started = self.clock()
         self.slabs = slabs = SlabAllocator(s.mem_limit, s.item_size_max, s.factor, s.min_size)
         self.pages = slabs.pages

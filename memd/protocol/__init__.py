@@ -17,10 +17,7 @@ BINARY_REQUEST_MAGIC = 0x80
 def protocol_for(node, first_byte: int):
     if first_byte == BINARY_REQUEST_MAGIC:
         from .binary import BinaryProtocol
-        proto = BinaryProtocol(node)
-        if not hasattr(proto, "stream"):
-            proto.stream = None        # the server's streaming hook: binary never streams
-        return proto
+        return BinaryProtocol(node)
     from .meta import MetaCommands
     from .text import TextProtocol
     return TextProtocol(node, MetaCommands(node))
