@@ -49,6 +49,21 @@ MS_MODES = {0: st.SET, 0x53: st.SET, 0x45: st.ADD, 0x41: st.APPEND,
 MS_RESULTS = {st.STORED: b"HD", st.NOT_STORED: b"NS", st.EXISTS: b"EX", st.NOT_FOUND: b"NF"}
 
 
+def echo_flags(tokens, f):
+    """What a reply without item data echoes: the O(paque) and k(ey) flags,
+    in request order; None when an opaque token is too long."""
+    parts = []
+    for tok in tokens[2:]:
+        c = tok[0]
+        if c == _O:
+            if len(tok) > OPAQUE_MAX:
+                return None
+            parts.append(b" " + tok)
+        elif c == _k:
+            parts.append(key_token(f))
+    return parts
+
+
 class MetaCommands:
     def __init__(self, node) -> None:
         self.node = node
@@ -129,16 +144,11 @@ class MetaCommands:
             if f is None:
                 out.append(b"EN\r\n")
                 return
-            parts = [b"EN"]
-            for tok in tokens[2:]:
-                c = tok[0]
-                if c == _O:
-                    if len(tok) > OPAQUE_MAX:
-                        out.append(OPAQUE_LONG)
-                        return
-                    parts.append(b" " + tok)
-                elif c == _k:
-                    parts.append(key_token(f))
+            echoed = echo_flags(tokens, f)
+            if echoed is None:
+                out.append(OPAQUE_LONG)
+                return
+            parts = [b"EN"] + echoed
             if not f.no_reply:
                 parts.append(b"\r\n")
                 out.append(b"".join(parts))
@@ -350,16 +360,10 @@ class MetaCommands:
         f, now = checked
         out = proto.out
         store = self.store
-        suffix = []
-        for tok in tokens[2:]:
-            c = tok[0]
-            if c == _O:
-                if len(tok) > OPAQUE_MAX:
-                    out.append(OPAQUE_LONG)
-                    return
-                suffix.append(b" " + tok)
-            elif c == _k:
-                suffix.append(key_token(f))
+        suffix = echo_flags(tokens, f)
+        if suffix is None:
+            out.append(OPAQUE_LONG)
+            return
         key = f.key
         item = store.find(key, now)
         if item < 0:
@@ -473,16 +477,11 @@ class MetaCommands:
             parts.append(b"\r\n")
             out.append(b"".join(parts))
             return
-        parts = [status or b"NS"]
-        for tok in tokens[2:]:
-            c = tok[0]
-            if c == _O:
-                if len(tok) > OPAQUE_MAX:
-                    out.append(OPAQUE_LONG)
-                    return
-                parts.append(b" " + tok)
-            elif c == _k:
-                parts.append(key_token(f))
+        echoed = echo_flags(tokens, f)
+        if echoed is None:
+            out.append(OPAQUE_LONG)
+            return
+        parts = [status or b"NS"] + echoed
         parts.append(b"\r\n")
         out.append(b"".join(parts))
 
