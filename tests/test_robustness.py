@@ -16,7 +16,6 @@ Bounded: the whole file runs in well under a minute.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import socket
@@ -34,8 +33,6 @@ from memd.protocol import text as text_mod
 
 import servers
 
-HAS_BINARY = importlib.util.find_spec("memd.protocol.binary") is not None
-needs_binary = pytest.mark.skipif(not HAS_BINARY, reason="memd.protocol.binary not written yet")
 
 ITEM_MAX = 1 << 20
 # What a protocol may hold between feeds: a pending value (at most the item
@@ -179,7 +176,6 @@ def binary_frames(draw):
     return b"".join(frames)
 
 
-@needs_binary
 @FAST
 @given(cuts_for(binary_frames()))
 def test_binary_protocol_survives_inconsistent_frames(case):
@@ -189,7 +185,6 @@ def test_binary_protocol_survives_inconsistent_frames(case):
     feed_in_pieces(proto, data, cuts)
 
 
-@needs_binary
 @FAST
 @given(cuts_for(hs.binary(max_size=2000)))
 def test_binary_protocol_survives_random_bytes(case):
@@ -260,7 +255,6 @@ def test_a_line_trickled_one_byte_at_a_time_costs_linear_time():
     assert held_bytes(proto) <= 1
 
 
-@needs_binary
 def test_a_binary_frame_declaring_four_gigabytes_is_not_allocated():
     proto = protocol_for(Node(), 0x80)
     header = struct.pack(">BBHBBHIIQ", 0x80, 0x01, 1, 8, 0, 0, 0xFFFFFFFF, 0, 0)
@@ -378,7 +372,7 @@ def _alive_and_answering(node) -> bool:
 def test_garbage_on_many_connections_does_not_disturb_a_well_behaved_client(
         memd_server_factory):
     node = memd_server_factory()
-    kinds = ["text", "meta", "raw"] + (["binary"] if HAS_BINARY else [])
+    kinds = ["text", "meta", "raw", "binary"]
     stop = threading.Event()
     counts: dict = {}
     workers = [threading.Thread(target=_hostile_worker,
