@@ -42,6 +42,7 @@ EPOLL_ERRS = select.EPOLLHUP | select.EPOLLERR
 TICK = 0.1                     # seconds between housekeeping rounds
 RECLAIM_BUDGET = 2_000         # chunks the reclaimer looks at per tick (20k/s)
 SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown
+TLS_HANDSHAKE_TIMEOUT = 10.0   # a peer that never finishes its handshake is dropped
 
 
 class Conn:
@@ -66,6 +67,7 @@ class Server:
         self.ssl_context = ssl_context
         self.tls_port = tls_port
         self.conns: dict[int, Conn] = {}
+        self.tls_tasks: dict[int, tuple[ConnInfo, trio.CancelScope]] = {}
         self.ep = select.epoll()
         self.listeners: list[trio.socket.SocketType] = []
         self.bound: list[tuple[str, int]] = []
@@ -334,47 +336,57 @@ class Server:
     # -- TLS connections: a trio task each (TLS is not the hot path) ---------------------
 
     async def _serve_tls(self, sock: socket.socket, info: ConnInfo) -> None:
-        node = self.node
         stream = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
                                 self.ssl_context, server_side=True)
-        proto = None
+        scope = trio.CancelScope()
+        self.tls_tasks[info.fd] = (info, scope)   # the idle timeout cancels it
         try:
-            await stream.do_handshake()
-            while True:
-                data = await stream.receive_some(RECV_SIZE)
-                if not data:
-                    break
-                node.bytes_read += len(data)
-                if proto is None:
-                    proto = protocol_for(node, data[0])
-                    proto.fd = info.fd
-                seen = proto.commands
-                reply = proto.feed(data)
-                if proto.commands != seen:
-                    info.last_cmd = time.monotonic()
-                while True:
-                    if reply:
-                        await stream.send_all(reply)
-                        node.bytes_written += len(reply)
-                    if proto.stream is None:
-                        break
-                    reply = next(proto.stream, None)
-                    if reply is None:
-                        reply = proto.resume()
-                if proto.closed:
-                    break
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.debug("<%d TLS connection ended: %s", info.fd, exc)
+            with scope:
+                with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                    await stream.do_handshake()
+                await self._tls_session(stream, info)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                trio.TooSlowError) as exc:
+            log.debug("<%d TLS connection ended: %r", info.fd, exc)
         except Exception:
             log.exception("TLS connection %d: protocol failure; closing it", info.fd)
         finally:
+            self.tls_tasks.pop(info.fd, None)
             self._forget(info)
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
+            with trio.move_on_after(1) as closing:
+                closing.shield = True
                 try:
                     await stream.aclose()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
+
+    async def _tls_session(self, stream: trio.SSLStream, info: ConnInfo) -> None:
+        """The same read → feed → send cycle as the epoll loop, awaiting on the stream."""
+        node = self.node
+        proto = None
+        while True:
+            data = await stream.receive_some(RECV_SIZE)
+            if not data:
+                return
+            node.bytes_read += len(data)
+            if proto is None:
+                proto = protocol_for(node, data[0])
+                proto.fd = info.fd
+            seen = proto.commands
+            reply = proto.feed(data)
+            if proto.commands != seen:
+                info.last_cmd = time.monotonic()
+            while True:
+                if reply:
+                    await stream.send_all(reply)
+                    node.bytes_written += len(reply)
+                if proto.stream is None:
+                    break
+                reply = next(proto.stream, None)
+                if reply is None:
+                    reply = proto.resume()
+            if proto.closed:
+                return
 
     # -- housekeeping -------------------------------------------------------------------
 
@@ -393,6 +405,10 @@ class Server:
                     if conn.info.last_cmd < cutoff:
                         log.info("<%d idle timeout", conn.fd)
                         self._close(conn)
+                for info, scope in list(self.tls_tasks.values()):
+                    if info.last_cmd < cutoff:
+                        log.info("<%d idle timeout (TLS)", info.fd)
+                        scope.cancel()
             cluster = self.node.cluster
             if cluster is not None and int(time.monotonic() / TICK) % 10 == 0:
                 try:

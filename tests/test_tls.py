@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import time
 
 import pytest
 
@@ -198,3 +199,19 @@ def test_failed_handshakes_and_plain_text_close_only_that_connection(pki, tls_no
     assert Client(tls_node.address, timeout=5).get("alive") == b"yes"
     good.close()
     fresh.close()
+
+
+def test_an_idle_tls_connection_is_closed_by_the_idle_timeout(pki, memd_server_factory):
+    """--idle-timeout applies to TLS connections too (a task each, cancelled)."""
+    cert, key = pki["server"]
+    node = memd_server_factory("--tls-cert", cert, "--tls-key", key, "--idle-timeout", "1")
+    raw = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+    conn = client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        conn.sendall(b"version\r\n")
+        assert conn.recv(100).startswith(b"VERSION")
+        started = time.monotonic()
+        assert conn.recv(100) == b""        # closed by the node, not by us
+        assert time.monotonic() - started < 4
+    finally:
+        conn.close()
