@@ -229,14 +229,16 @@ class TextProtocol:
             end = eol - 1 if eol > pos and buf[eol - 1] == 13 else eol
             line = buf[pos:end]
             pos = eol + 1
-            if line[:4] == b"get " and self.authenticated:
+            if line[:4] == b"get " and self.authenticated and b"\0" not in line:
                 # the hot path: a well-formed get needs no general tokenizing
-                keys = line[4:].split(b" ")
-                if b"" not in keys and b"\0" not in line and max(map(len, keys)) <= KEY_MAX:
+                key = line[4:]
+                if b" " not in key and 0 < len(key) <= KEY_MAX:
                     self.commands += 1
-                    if len(keys) == 1:
-                        gets.append(keys[0])
-                        continue
+                    gets.append(key)
+                    continue
+                keys = key.split(b" ")
+                if b"" not in keys and max(map(len, keys)) <= KEY_MAX:
+                    self.commands += 1
                     if gets:
                         fetch_text(gets, out, False, True)
                         gets.clear()
@@ -246,6 +248,14 @@ class TextProtocol:
             if gets:
                 fetch_text(gets, out, False, True)
                 gets.clear()
+            if line[:4] == b"set " and self.authenticated:
+                # the other hot path: `set <key> <flags> <exptime> <bytes>` with
+                # plain small numbers and its data already here
+                used = self._fast_set(line, buf, pos)
+                if used:
+                    self.commands += 1
+                    pos += used
+                    continue
             tokens = tokenize(line)
             self.commands += 1
             if not tokens or len(tokens[0]) < 2:
@@ -287,6 +297,36 @@ class TextProtocol:
                 else:
                     self._swallow -= avail
                     return
+
+    def _fast_set(self, line: bytes, buf: bytes, pos: int) -> int:
+        """Store a simple set whose data block is in ``buf`` at ``pos``; return
+        the bytes of data consumed, or 0 to leave it to the general path.
+
+        Only what cannot need any of memcached's error or number-parsing rules
+        qualifies: five plain tokens, decimal numbers of at most 9 digits (so
+        flags fit 32 bits and exptime is positive), a key within the limit,
+        no NUL, and the whole data block present with its CRLF.
+        """
+        parts = line.split(b" ")
+        if len(parts) != 5 or b"\0" in line:
+            return 0
+        _, key, flags, exptime, vlen = parts
+        if not (0 < len(key) <= KEY_MAX and flags.isdigit() and exptime.isdigit()
+                and vlen.isdigit() and len(flags) < 10 and len(exptime) < 10 and len(vlen) < 10):
+            return 0
+        vlen = int(vlen)
+        end = pos + vlen
+        if end + 2 > len(buf) or buf[end:end + 2] != b"\r\n":
+            return 0
+        store = self.store
+        flags = int(flags)
+        if store.too_large(len(key), vlen, flags):
+            return 0
+        result = store.store(st.SET, key, flags, int(exptime), buf[pos:end])
+        if result == st.NO_MEMORY:
+            self.node.counters["store_no_memory"] += 1
+        self.out.append(STORE_REPLIES[result])
+        return vlen + 2
 
     def _check_long_line(self, rest: bytes) -> None:
         """memcached closes on a 2 KB line without a newline unless it is a
