@@ -38,7 +38,6 @@ RECV_SIZE = 256 * 1024
 TOO_MANY = b"ERROR Too many open connections\r\n"
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
-EPOLL_ERRS = select.EPOLLHUP | select.EPOLLERR
 TICK = 0.1                     # seconds between housekeeping rounds
 RECLAIM_BUDGET = 2_000         # chunks the reclaimer looks at per tick (20k/s)
 SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown

@@ -48,9 +48,6 @@ class WatchHub:
         if not self.watchers:
             self.store.watch = None
 
-    def wants(self, kind: str) -> bool:
-        return any(kind in w.kinds for w in self.watchers.values())
-
     def emit(self, kind: str, fields: str) -> None:
         self.gid += 1
         t = time.time()

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import signal
 import socket
-import struct
 import time
 
 import pytest
 
-import servers
 from memd.auth import AuthFileError, Authenticator
 from test_binary import frame, parse, sasl_plain, set_extras
 

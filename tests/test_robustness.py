@@ -23,7 +23,6 @@ import struct
 import threading
 import time
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
@@ -31,7 +30,6 @@ from memd.node import Node, NodeSettings
 from memd.protocol import protocol_for
 from memd.protocol import text as text_mod
 
-import servers
 
 
 ITEM_MAX = 1 << 20

@@ -87,11 +87,6 @@ class Rebalancer:
             self._start(src, dst)
             self._drain()
 
-    def finish(self) -> None:
-        """Complete a move in progress at once (tests, `slabs reassign` callers)."""
-        while self.moving is not None:
-            self._drain()
-
     # -- decisions -----------------------------------------------------------------
 
     def _pressured_class(self) -> int:

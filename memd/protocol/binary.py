@@ -88,12 +88,6 @@ FIRST_YIELD = 21
 YIELD_EVERY = 20
 
 
-def response(opcode: int, status: int = OK, opaque: int = 0, cas: int = 0,
-              extras: bytes = b"", key: bytes = b"", value=b"") -> bytes:
-    return HEADER.pack(RES_MAGIC, opcode, len(key), len(extras), 0, status,
-                       len(extras) + len(key) + len(value), opaque, cas) + extras + key + value
-
-
 class BinaryProtocol:
     """One binary connection's parser and command dispatcher."""
 

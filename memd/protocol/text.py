@@ -354,14 +354,6 @@ class TextProtocol:
 
     # -- helpers ----------------------------------------------------------------
 
-    @staticmethod
-    def noreply(tokens) -> bool:
-        return tokens[-1] == b"noreply"
-
-    def reply(self, tokens, data: bytes) -> None:
-        if tokens[-1] != b"noreply":
-            self.out.append(data)
-
     # -- retrieval ----------------------------------------------------------------
 
     def cmd_get(self, tokens) -> None:
