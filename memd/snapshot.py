@@ -71,7 +71,7 @@ def _live_items(store):
     order: the least recently used item is stored first and ends at the tail.
     """
     now = store.clock()
-    dead = store._dead            # expired or flushed (store's own rule)
+    dead = store.is_dead            # expired or flushed (store's own rule)
     for cls in store.slabs.classes[1:]:
         if not store.lru.count[cls.id]:
             continue

@@ -30,8 +30,6 @@ from memd.node import Node, NodeSettings
 from memd.protocol import protocol_for
 from memd.protocol import text as text_mod
 
-
-
 ITEM_MAX = 1 << 20
 # What a protocol may hold between feeds: a pending value (at most the item
 # size limit plus CRLF) or a partial multi-get line (GET_LINE_MAX), plus the

@@ -67,7 +67,7 @@ def watch_evictions(s: ItemStore, log: list) -> None:
     def evict(item, now):
         cls = s.id_class[item]
         assert s.lru.tail[cls] == item
-        assert not any(s._dead(c, now) for c in s.lru.from_tail(cls, S.TAIL_SEARCH))
+        assert not any(s.is_dead(c, now) for c in s.lru.from_tail(cls, S.TAIL_SEARCH))
         log.append(s.key_of(item))
         original(item, now)
 

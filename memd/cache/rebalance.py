@@ -144,7 +144,7 @@ class Rebalancer:
         for i in range(self.cursor, stop):
             item = ids[i]
             if iflags[item] & LINKED:
-                if store._dead(item, now):
+                if store.is_dead(item, now):
                     store._reclaim(item)
                 elif not self._rescue(item, src):
                     self.evictions_nomem += 1

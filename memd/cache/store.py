@@ -148,7 +148,7 @@ class ItemStore:
             return exptime if exptime > self.started else 1
         return now + exptime
 
-    def _dead(self, item: int, now: int) -> int:
+    def is_dead(self, item: int, now: int) -> int:
         """0 if live, 1 if expired, 2 if flushed."""
         exp = self.exptime[item]
         if exp and exp <= now:
@@ -159,7 +159,7 @@ class ItemStore:
             return 2
         return 0
 
-    def _new_cas(self) -> int:
+    def new_cas(self) -> int:
         c = self.next_cas
         self.next_cas = c + 1
         return c
@@ -177,6 +177,11 @@ class ItemStore:
         self.curr_items -= 1
         self.iflags[item] = 0
         self.slabs.release(item)
+
+    def drop(self, item: int) -> None:
+        """Remove an item without counting a delete (a refused meta set drops
+        the old value, as memcached does)."""
+        self._unlink(item)
 
     def _reclaim(self, item: int) -> None:
         """Unlink an expired or flushed item found in passing."""
@@ -212,7 +217,7 @@ class ItemStore:
         if item >= 0:
             return item
         for cand in self.lru.from_tail(cls_id, TAIL_SEARCH):
-            if self._dead(cand, now):
+            if self.is_dead(cand, now):
                 self._reclaim(cand)
                 return self.slabs.alloc(cls_id)
         tail = self.lru.tail[cls_id]
@@ -227,15 +232,15 @@ class ItemStore:
         if now is None:
             now = self.clock()
         item = self.index.find(key, _hash(key))
-        if item != NIL and self._dead(item, now):
+        if item != NIL and self.is_dead(item, now):
             self._reclaim(item)
             return NIL
         return item
 
-    def _find_for_get(self, key: bytes, now: int) -> int:
+    def find_for_get(self, key: bytes, now: int) -> int:
         item = self.index.find(key, _hash(key))
         if item != NIL:
-            dead = self._dead(item, now)
+            dead = self.is_dead(item, now)
             if dead:
                 if dead == 1:
                     self.get_expired += 1
@@ -275,7 +280,7 @@ class ItemStore:
         self.flags[item] = flags
         self.exptime[item] = exp
         self.atime[item] = now
-        self.cas[item] = cas or self._new_cas()
+        self.cas[item] = cas or self.new_cas()
         return item
 
     def _link(self, item: int, key: bytes) -> None:
@@ -374,8 +379,8 @@ class ItemStore:
                     append(b"END\r\n")
                 continue
             exp = exptime[item]
-            if (exp and exp <= now) or (oldest_live and self._dead(item, now)):
-                self._find_for_get(key, now)      # counts and reclaims it
+            if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
+                self.find_for_get(key, now)      # counts and reclaims it
                 if end_each:
                     append(b"END\r\n")
                 continue
@@ -426,7 +431,7 @@ class ItemStore:
     def get(self, key: bytes, touch_exptime: int | None = None) -> int:
         """One counted get (gat when ``touch_exptime`` is given): item or -1."""
         now = self.clock()
-        item = self._find_for_get(key, now)
+        item = self.find_for_get(key, now)
         if self.watch:
             self._emit_fetch(key, item)
         self.cmd_get += 1
@@ -448,23 +453,29 @@ class ItemStore:
         self._touched(item, now)
         return item
 
-    def store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0) -> int:
+    def store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0,
+              counted: bool = True) -> int:
         """set/add/replace/append/prepend/cas. Returns STORED, NOT_STORED,
-        EXISTS, NOT_FOUND, TOO_LARGE or NO_MEMORY; ``last_cas`` is the new CAS."""
-        result = self._store(mode, key, flags, exptime, value, cas)
+        EXISTS, NOT_FOUND, TOO_LARGE or NO_MEMORY; ``last_cas`` is the new CAS.
+
+        ``counted=False`` stores without counting a ``cmd_set`` (meta's vivify
+        on miss creates items that memcached does not count as sets)."""
+        result = self._store(mode, key, flags, exptime, value, cas, counted)
         if self.watch:
             self._emit_store(mode, key, result, len(value))
         return result
 
-    def _store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int) -> int:
+    def _store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int,
+               counted: bool) -> int:
         self.last_cas = 0
         if self.too_large(len(key), len(value), flags):
             return TOO_LARGE
         now = self.clock()
-        self.cmd_set += 1
         old = self.find(key, now)
-        if old >= 0:
-            self.slabs.classes[self.id_class[old]].cmd_set += 1
+        if counted:
+            self.cmd_set += 1
+            if old >= 0:
+                self.slabs.classes[self.id_class[old]].cmd_set += 1
         if mode == SET:
             pass
         elif mode == ADD:
@@ -540,7 +551,7 @@ class ItemStore:
         self.flags[item] = flags
         self.exptime[item] = exp
         self.atime[item] = now
-        self.cas[item] = self._new_cas()
+        self.cas[item] = self.new_cas()
         self.iflags[item] = LINKED
         self.lru.bump(cls_id, item)
         self.total_items += 1
@@ -596,7 +607,7 @@ class ItemStore:
             # memcached rewrites in place, padding with spaces to the old length
             off = self.id_offset[item] + self.vstart[item]
             self.pages[self.id_page[item]][off:off + vlen] = digits.ljust(vlen)
-            self.cas[item] = self._new_cas()
+            self.cas[item] = self.new_cas()
             self.last_cas = self.cas[item]
             return STORED, value
         new = self._write(key, self.flags[item], self.exptime[item], digits, now)
@@ -652,7 +663,7 @@ class ItemStore:
             if cursor >= n:
                 cursor = 0
                 self.crawl_requested = False
-            if iflags[cursor] & LINKED and self._dead(cursor, now):
+            if iflags[cursor] & LINKED and self.is_dead(cursor, now):
                 cls = self.slabs.classes[self.id_class[cursor]]
                 cls.crawler_reclaimed += 1
                 self.crawler_reclaimed += 1

@@ -82,7 +82,7 @@ class MetaCommands:
 
     def _find(self, key: bytes, now: int) -> int:
         # counts expired/flushed items met, as memcached's get does
-        return self.store._find_for_get(key, now)
+        return self.store.find_for_get(key, now)
 
     def _bump(self, item: int, now: int) -> None:
         """memcached's do_item_bump: fetched, and moved up at most once a minute."""
@@ -134,8 +134,8 @@ class MetaCommands:
         item = self._find(key, now)
         created = False
         if item < 0 and f is not None and f.vivify:
-            if store.store(st.SET, key, 0, 0, b"") == st.STORED:
-                store.cmd_set -= 1          # memcached links the stub without counting a set
+            if store.store(st.SET, key, 0, 0, b"", counted=False) == st.STORED:
+                # (memcached links the stub without counting a set)
                 item = store.find(key, now)
                 created = item >= 0
         if item < 0:
@@ -266,7 +266,7 @@ class MetaCommands:
             self.node.counters["store_too_large"] += 1
             item = store.find(key, now)
             if item >= 0:
-                store._unlink(item)      # memcached drops the old value on a refused set
+                store.drop(item)         # memcached drops the old value on a refused set
             return self._ms_refuse(proto, TOO_LARGE, vlen)
 
         def on_data(block: bytes) -> None:
@@ -377,7 +377,7 @@ class MetaCommands:
                 if f.new_ttl:
                     store.exptime[item] = f.exptime
                 store.iflags[item] = (store.iflags[item] | STALE) & ~WIN_SENT
-                store.cas[item] = store._new_cas()
+                store.cas[item] = store.new_cas()
             else:
                 store.delete(key)
             if f.no_reply:
@@ -411,9 +411,8 @@ class MetaCommands:
         if item < 0:
             if f.vivify:
                 digits = b"%d" % f.initial
-                result = store.store(st.ADD, key, 0, 0, digits)
+                result = store.store(st.ADD, key, 0, 0, digits, counted=False)
                 if result == st.STORED:
-                    store.cmd_set -= 1      # memcached's vivify is not a counted set
                     item = store.find(key, now)
                     created = True
                 elif result == st.NO_MEMORY:

@@ -67,7 +67,7 @@ def metadump(store, classes):
         i += 1
         if not store.iflags[item] & st.LINKED or store.id_class[item] not in wanted:
             continue
-        if store._dead(item, store.clock()):
+        if store.is_dead(item, store.clock()):
             continue
         exp = store.exptime[item]
         chunk.append(b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n" % (
