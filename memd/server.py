@@ -30,11 +30,10 @@ from .protocol import protocol_for
 
 log = logging.getLogger("memd")
 
-RECV_SIZE = 256 * 1024
 # recv(RECV_SIZE) would allocate a fresh 256 KiB object per read, which glibc
 # serves with mmap/munmap (above its 128 KiB threshold): two syscalls per
-# read.  Reading into one reused buffer and copying out what arrived is far
-# cheaper.
+# read.  The loop reads into one reused buffer and copies out what arrived.
+RECV_SIZE = 256 * 1024
 TOO_MANY = b"ERROR Too many open connections\r\n"
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -42,6 +41,7 @@ TICK = 0.1                     # seconds between housekeeping rounds
 RECLAIM_BUDGET = 2_000         # chunks the reclaimer looks at per tick (20k/s)
 SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown
 TLS_HANDSHAKE_TIMEOUT = 10.0   # a peer that never finishes its handshake is dropped
+CLUSTER_REFRESH_TICKS = 10     # re-read --cluster-file about once a second
 
 
 class Conn:
@@ -124,7 +124,7 @@ class Server:
 
     def _reload(self) -> None:
         auth = self.node.auth
-        if auth is not None and hasattr(auth, "reload"):
+        if auth is not None:
             auth.reload()
             log.info("reloaded the auth file")
 
@@ -392,6 +392,7 @@ class Server:
     async def _housekeeping(self) -> None:
         """Once a tick: reclaim expired items, end idle connections, refresh membership."""
         store = self.node.store
+        ticks = 0
         while True:
             await trio.sleep(TICK)
             if self.node.crawler_enabled:
@@ -408,8 +409,9 @@ class Server:
                     if info.last_cmd < cutoff:
                         log.info("<%d idle timeout (TLS)", info.fd)
                         scope.cancel()
+            ticks += 1
             cluster = self.node.cluster
-            if cluster is not None and int(time.monotonic() / TICK) % 10 == 0:
+            if cluster is not None and ticks % CLUSTER_REFRESH_TICKS == 0:
                 try:
                     cluster.refresh()
                 except Exception:
