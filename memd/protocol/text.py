@@ -322,10 +322,7 @@ class TextProtocol:
         flags = int(flags)
         if store.too_large(len(key), vlen, flags):
             return 0
-        result = store.store(st.SET, key, flags, int(exptime), buf[pos:end])
-        if result == st.NO_MEMORY:
-            self.node.counters["store_no_memory"] += 1
-        self.out.append(STORE_REPLIES[result])
+        self._stored(store.store(st.SET, key, flags, int(exptime), buf[pos:end]), False)
         return vlen + 2
 
     def _check_long_line(self, rest: bytes) -> None:
@@ -457,15 +454,18 @@ class TextProtocol:
             if block[-2:] != b"\r\n":
                 self._say(noreply, BAD_CHUNK)
                 return
-            result = store.store(mode, key, flags, exptime, block[:-2], cas)
-            if result == st.NO_MEMORY:
-                self.node.counters["store_no_memory"] += 1
-            elif result == st.TOO_LARGE:
-                self.node.counters["store_too_large"] += 1
-            if not noreply:
-                self.out.append(STORE_REPLIES[result])
+            self._stored(store.store(mode, key, flags, exptime, block[:-2], cas), noreply)
 
         self.expect_data(vlen + 2, on_data)
+
+    def _stored(self, result: int, noreply: bool) -> None:
+        """Count a refused store and answer it (unless noreply)."""
+        if result == st.NO_MEMORY:
+            self.node.counters["store_no_memory"] += 1
+        elif result == st.TOO_LARGE:
+            self.node.counters["store_too_large"] += 1
+        if not noreply:
+            self.out.append(STORE_REPLIES[result])
 
     def _say(self, noreply: bool, msg: bytes) -> None:
         # memcached's noreply silences errors too
