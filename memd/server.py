@@ -208,6 +208,7 @@ class Server:
         checkpoint = trio.lowlevel.checkpoint
         store = node.store
         watch = node.watch
+        trace = log.isEnabledFor(logging.DEBUG)
         while True:
             events = ep.poll(0)
             if not events:
@@ -236,15 +237,21 @@ class Server:
                 nread += n
                 watch.current_fd = fd
                 proto = conn.proto
+                data = bytes(rview[:n])
+                if trace:
+                    # -vv: what memcached -vv shows, a line per request and reply
+                    log.debug("<%d %r", fd, data[:120])
                 try:
                     if proto is None:
-                        proto = conn.proto = protocol_for(node, rbuf[0])
+                        proto = conn.proto = protocol_for(node, data[0])
                         proto.fd = fd
-                    reply = proto.feed(bytes(rview[:n]))
+                    reply = proto.feed(data)
                 except Exception:
                     log.exception("connection %d: protocol failure; closing it", fd)
                     self._close(conn)
                     continue
+                if trace:
+                    log.debug(">%d %r", fd, reply[:120])
                 if proto.commands != conn.commands:
                     # idle means no complete command: a slow-loris trickle is idle
                     conn.commands = proto.commands
