@@ -29,29 +29,10 @@ from hypothesis import strategies as hs
 from memd.node import Node, NodeSettings
 from memd.protocol import protocol_for
 from memd.protocol import text as text_mod
+from tools.fuzz import ITEM_MAX, held_bound, held_bytes
 
-ITEM_MAX = 1 << 20
-# What a protocol may hold between feeds: a pending value (at most the item
-# size limit plus CRLF) or a partial multi-get line (GET_LINE_MAX), plus the
-# chunk that is being looked at.
-HELD_BOUND = max(text_mod.GET_LINE_MAX, ITEM_MAX + 2) + 4096
-
-
-def held_bytes(proto) -> int:
-    """Bytes a protocol object keeps between feeds (buffers, partial lines, pending data)."""
-    total = 0
-    attrs = dict(getattr(proto, "__dict__", {}))
-    for name in getattr(type(proto), "__slots__", ()):
-        if hasattr(proto, name):
-            attrs[name] = getattr(proto, name)
-    for name, value in attrs.items():
-        if name in ("node", "store", "meta"):
-            continue
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            total += len(value)
-        elif isinstance(value, (list, tuple)):
-            total += sum(len(v) for v in value if isinstance(v, (bytes, bytearray, memoryview)))
-    return total
+# the parser-bound checks are the fuzzer's own (tools/fuzz.py)
+HELD_BOUND = held_bound()
 
 
 def feed_in_pieces(proto, data: bytes, cuts: list[int]) -> bytes:
