@@ -438,8 +438,6 @@ class TextProtocol:
         if vlen < 0 or vlen > 0x7FFFFFFD:
             self._say(noreply, BAD_FORMAT)
             return
-        if exptime < 0:
-            exptime = st.REALTIME_MAXDELTA + 1    # memcached: negative means already expired
         store = self.store
         if store.too_large(len(key), vlen, flags):
             # refuse before reading: swallow the data without buffering it
@@ -536,8 +534,6 @@ class TextProtocol:
         if exptime is None:
             self._say(noreply, b"CLIENT_ERROR invalid exptime argument\r\n")
             return
-        if exptime < 0:
-            exptime = st.REALTIME_MAXDELTA + 1
         item = self.store.touch(key, exptime)
         self._say(noreply, b"TOUCHED\r\n" if item >= 0 else b"NOT_FOUND\r\n")
 
