@@ -294,7 +294,7 @@ def _load_verified(store, path: str) -> tuple[int, int, int]:
                     # relative (only fake clocks in tests): set it directly
                     result = put(st.SET, key, flags, 0, value)
                     if result == st.STORED and exp:
-                        store.exptime[store.find(key, now)] = exp
+                        store.set_exptime(store.find(key, now), exp)
                 if result == st.STORED:
                     loaded += 1
                 elif result == st.NO_MEMORY:

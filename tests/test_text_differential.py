@@ -455,6 +455,12 @@ def run_steps(pair, cmds, *, pipelined: bool = False):
                 sent.append(data)
                 replies.append(side.conn.exchange(data, timeout=2.0))
             a, b = replies
+            if a.timed_out and b.data.endswith(b"SERVER_ERROR object too large for cache\r\n"):
+                # Deliberate difference: memcached holds this reply back until it
+                # has swallowed the declared bytes (a mutated length can declare
+                # a gigabyte); memd sends it at once.  Both now swallow input,
+                # so the example ends here.
+                break
             assert not a.timed_out, "harness bug: memcached did not answer" + _fmt(sent[0], a, b)
             na = normalise(a, sides[0].ctx.cas)
             nb = normalise(b, sides[1].ctx.cas)

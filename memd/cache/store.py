@@ -29,6 +29,7 @@ from ..numbers import strtoull
 from .clock import system_clock
 from .index import HashIndex
 from .lru import LRU, NIL
+from .recent import RecentReplies
 from .slabs import SlabAllocator
 
 # results of store()
@@ -67,6 +68,7 @@ class StoreSettings:
     min_size: int = 48
     evictions: bool = True
     bump_interval: int = 60     # seconds between LRU bumps of one item (memcached's ITEM_UPDATE_INTERVAL)
+    recent_bytes: int = -1      # budget of RecentReplies; -1: a sixteenth of mem_limit
 
 
 class ItemStore:
@@ -116,12 +118,8 @@ class ItemStore:
         self.bytes = 0
         self.reclaim_cursor = 0
         self.class_get_hits = array("Q", bytes(8 * len(slabs.classes)))
-        # the arrays the read path needs, fetched with one attribute load (they
-        # only ever grow in place, so the tuple stays valid)
-        self._hot_arrays = (self.index.hash, self.index.chain, self.klen, self.pages,
-                            self.id_page, self.id_offset, self.vstart, self.vlen,
-                            self.exptime, self.atime, self.iflags, self.id_class,
-                            self.class_get_hits)
+        self.recent = RecentReplies(s.recent_bytes if s.recent_bytes >= 0 else s.mem_limit // 16)
+        self._recent_flush_at = 0      # when a delayed flush_all takes effect
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -166,7 +164,19 @@ class ItemStore:
 
     # -- linking ---------------------------------------------------------------
 
+    def invalidate(self, item: int) -> None:
+        """What a get of this item answers is about to change (its chunk is
+        rewritten or released, or its expiry moves): drop its recent reply."""
+        if self.recent.replies:
+            self.recent.forget(bytes(self._key_at(item, self.klen[item])))
+
+    def set_exptime(self, item: int, exptime: int) -> None:
+        """Give a live item a new absolute expiry time (0 = never)."""
+        self.invalidate(item)
+        self.exptime[item] = exptime
+
     def _unlink(self, item: int) -> None:
+        self.invalidate(item)
         cls_id = self.id_class[item]
         self.index.remove(item)
         self.lru.unlink(cls_id, item)
@@ -344,61 +354,28 @@ class ItemStore:
         With ``end_each`` every key is its own single-key get and gets its own
         END (the parser batches a pipeline of those into one call).
 
-        The index lookup is inlined with everything in locals: this loop is
-        what a multi-get of 100 keys spends its time in.
+        A key read lately is answered from ``recent`` (see recent.py): one
+        dict lookup instead of hashing, walking a chain, comparing the key in
+        the page and reading the item's arrays.  Everything else goes through
+        ``_fetch_one``, the full lookup, which files its hits there.
         """
         now = self.clock()
-        index = self.index
-        old = index.old
-        buckets, mask = index.buckets, index.mask
-        old_mask, migrated = index.old_mask, index.migrated
-        (hashes, chain, klen, pages, id_page, id_offset, vstart, vlen, exptime, atime,
-         iflags, id_class, class_hits) = self._hot_arrays
-        oldest_live = self.oldest_live
-        if oldest_live > now:
-            oldest_live = 0
-        bump_before = now - self.settings.bump_interval
+        if self._recent_flush_at and self._recent_flush_at <= now:
+            self.recent.clear()          # a delayed flush_all took effect
+            self._recent_flush_at = 0
+        recent_get = self.recent.replies.get if not (with_cas or self.watch) else {}.get
+        class_hits = self.class_get_hits
+        fetch_one = self._fetch_one
         append = out.append
         hits = 0
         for key in keys:
-            h = _hash(key)
-            if old is not None and (h & old_mask) >= migrated:
-                item = old[h & old_mask]
+            entry = recent_get(key)
+            if entry is not None and now < entry[1]:
+                hits += 1
+                class_hits[entry[2]] += 1
+                append(entry[0])
             else:
-                item = buckets[h & mask]
-            while item != NIL:
-                if hashes[item] == h:
-                    off = id_offset[item]
-                    page = pages[id_page[item]]
-                    # startswith compares in place: no slice object per lookup
-                    if page.startswith(key, off + KEY_OFFSET) and klen[item] == len(key):
-                        break
-                item = chain[item]
-            else:
-                if end_each:
-                    append(b"END\r\n")
-                continue
-            exp = exptime[item]
-            if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
-                self.find_for_get(key, now)      # counts and reclaims it
-                if end_each:
-                    append(b"END\r\n")
-                continue
-            hits += 1
-            cls_id = id_class[item]
-            class_hits[cls_id] += 1
-            if not iflags[item] & FETCHED:
-                iflags[item] |= FETCHED
-            if atime[item] <= bump_before:
-                atime[item] = now
-                self.lru.bump(cls_id, item)
-            vs = vstart[item]
-            if with_cas:
-                append(page[off:off + vs - 2])
-                append(b" %d\r\n" % self.cas[item])
-                append(page[off + vs:off + vs + vlen[item] + 2])
-            else:
-                append(page[off:off + vs + vlen[item] + 2])
+                hits += fetch_one(key, now, append, with_cas)
             if end_each:
                 append(b"END\r\n")
         n = len(keys)
@@ -408,6 +385,32 @@ class ItemStore:
         if self.watch:
             for key in keys:
                 self._emit_fetch(key, self.index.find(key, _hash(key)))
+
+    def _fetch_one(self, key: bytes, now: int, append, with_cas: bool) -> int:
+        """The full lookup of one text get: append its VALUE block; 1 on a hit."""
+        item = self.find_for_get(key, now)
+        if item == NIL:
+            return 0
+        cls_id = self.id_class[item]
+        self.class_get_hits[cls_id] += 1
+        self._touched(item, now)
+        page = self.pages[self.id_page[item]]
+        off = self.id_offset[item]
+        vs = self.vstart[item]
+        end = off + vs + self.vlen[item] + 2
+        if with_cas:
+            append(page[off:off + vs - 2])
+            append(b" %d\r\n" % self.cas[item])
+            append(page[off + vs:end])
+            return 1
+        reply = bytes(page[off:end])
+        append(reply)
+        if not self.watch:
+            # usable until the item expires or is due for its next LRU bump
+            until = self.atime[item] + self.settings.bump_interval
+            exp = self.exptime[item]
+            self.recent.admit(key, reply, exp if exp and exp < until else until, cls_id)
+        return 1
 
     def _emit_fetch(self, key: bytes, item: int) -> None:
         watch = self.watch
@@ -447,7 +450,7 @@ class ItemStore:
         if touch_exptime is not None:
             self.touch_hits += 1
             cls.touch_hits += 1
-            self.exptime[item] = self.abs_exptime(touch_exptime, now)
+            self.set_exptime(item, self.abs_exptime(touch_exptime, now))
         else:
             self.class_get_hits[cls.id] += 1
         self._touched(item, now)
@@ -537,6 +540,7 @@ class ItemStore:
         cls = self.slabs.classes[cls_id]
         if total > cls.chunk_size or (cls_id > 1 and total <= self.slabs.sizes[cls_id - 2]):
             return False        # it belongs in another class
+        self.invalidate(item)
         page = self.pages[self.id_page[item]]
         off = self.id_offset[item]
         end = off + vstart + vlen
@@ -606,6 +610,7 @@ class ItemStore:
         if len(digits) <= vlen:
             # memcached rewrites in place, padding with spaces to the old length
             off = self.id_offset[item] + self.vstart[item]
+            self.invalidate(item)
             self.pages[self.id_page[item]][off:off + vlen] = digits.ljust(vlen)
             self.cas[item] = self.new_cas()
             self.last_cas = self.cas[item]
@@ -627,7 +632,7 @@ class ItemStore:
             return NIL
         self.touch_hits += 1
         self.slabs.classes[self.id_class[item]].touch_hits += 1
-        self.exptime[item] = self.abs_exptime(exptime, now)
+        self.set_exptime(item, self.abs_exptime(exptime, now))
         self._touched(item, now)
         return item
 
@@ -641,6 +646,9 @@ class ItemStore:
             self.oldest_live = now - 1
         if self.oldest_live <= now:
             self.oldest_cas = self.next_cas
+            self.recent.clear()
+        else:
+            self._recent_flush_at = self.oldest_live
 
     # -- background work -------------------------------------------------------
 

@@ -155,7 +155,7 @@ class MetaCommands:
             return
 
         iflags = store.iflags
-        exptime = store.exptime
+        set_exptime = store.set_exptime
         vlen = store.vlen[item]
         if f is None:
             parts = [b"HD"]
@@ -184,13 +184,13 @@ class MetaCommands:
                     parts.append(self._item_key(item))
                 elif c == _T:
                     ttl_set = True
-                    exptime[item] = f.exptime
+                    set_exptime(item, f.exptime)
                 elif c == _N:
                     if created:
-                        exptime[item] = f.autoviv
+                        set_exptime(item, f.autoviv)
                         won = True
                 elif c == _R:
-                    e = exptime[item]
+                    e = store.exptime[item]
                     if (not iflags[item] & WIN_SENT and not created and e
                             and e < f.recache):
                         won = True
@@ -312,7 +312,7 @@ class MetaCommands:
                 item = store.find(key)
                 if item >= 0:
                     if stale_store:
-                        store.exptime[item] = old_exp
+                        store.set_exptime(item, old_exp)
                         store.iflags[item] |= STALE | (old_flags & WIN_SENT)
                     if f.binary:
                         store.iflags[item] |= KEY_BINARY
@@ -375,7 +375,7 @@ class MetaCommands:
         else:
             if f.set_stale:
                 if f.new_ttl:
-                    store.exptime[item] = f.exptime
+                    store.set_exptime(item, f.exptime)
                 store.iflags[item] = (store.iflags[item] | STALE) & ~WIN_SENT
                 store.cas[item] = store.new_cas()
             else:
@@ -447,9 +447,9 @@ class MetaCommands:
                 for tok in tokens[2:]:
                     c = tok[0]
                     if c == _T:
-                        store.exptime[item] = f.exptime
+                        store.set_exptime(item, f.exptime)
                     elif c == _N and created:
-                        store.exptime[item] = f.autoviv
+                        store.set_exptime(item, f.autoviv)
                 return
             parts = [b"VA %d" % len(digits) if f.value else b"HD"]
             for tok in tokens[2:]:
@@ -459,10 +459,10 @@ class MetaCommands:
                 elif c == _t:
                     parts.append(self._ttl(store, item, now))
                 elif c == _T:
-                    store.exptime[item] = f.exptime
+                    store.set_exptime(item, f.exptime)
                 elif c == _N:
                     if created:
-                        store.exptime[item] = f.autoviv
+                        store.set_exptime(item, f.autoviv)
                 elif c == _O:
                     if len(tok) > OPAQUE_MAX:
                         out.append(OPAQUE_LONG)
