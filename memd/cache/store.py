@@ -164,19 +164,22 @@ class ItemStore:
 
     # -- linking ---------------------------------------------------------------
 
-    def invalidate(self, item: int) -> None:
+    def invalidate(self, item: int, key: bytes | None = None) -> None:
         """What a get of this item answers is about to change (its chunk is
-        rewritten or released, or its expiry moves): drop its recent reply."""
+        rewritten or released, or its expiry moves): drop its recent reply.
+        Callers that have the key pass it, saving a read of the page."""
         if self.recent.replies:
-            self.recent.forget(bytes(self._key_at(item, self.klen[item])))
+            if type(key) is not bytes:      # none given, or a bytearray/memoryview
+                key = bytes(self._key_at(item, self.klen[item]))
+            self.recent.forget(key)
 
     def set_exptime(self, item: int, exptime: int) -> None:
         """Give a live item a new absolute expiry time (0 = never)."""
         self.invalidate(item)
         self.exptime[item] = exptime
 
-    def _unlink(self, item: int) -> None:
-        self.invalidate(item)
+    def _unlink(self, item: int, key: bytes | None = None) -> None:
+        self.invalidate(item, key)
         cls_id = self.id_class[item]
         self.index.remove(item)
         self.lru.unlink(cls_id, item)
@@ -307,7 +310,7 @@ class ItemStore:
     def _replace(self, old: int, new: int, key: bytes) -> None:
         # the allocation may have evicted ``old`` itself (it can be the tail)
         if old >= 0 and self.iflags[old] & LINKED and old != new:
-            self._unlink(old)
+            self._unlink(old, key)
         self._link(new, key)
 
     # -- item accessors (for the protocols) ------------------------------------
@@ -513,7 +516,7 @@ class ItemStore:
         exp = self.abs_exptime(exptime, now)
         # (under -M memcached refuses a replacement when no chunk is free; the
         # in-place path would hide that, so it is only taken with evictions on)
-        if old >= 0 and self.settings.evictions and self._overwrite(old, flags, exp, value, now):
+        if old >= 0 and self.settings.evictions and self._overwrite(old, key, flags, exp, value, now):
             self.last_cas = self.cas[old]
             return STORED
         return self._store_new(old, key, flags, exp, value, now)
@@ -527,7 +530,7 @@ class ItemStore:
         self.last_cas = self.cas[new]
         return STORED
 
-    def _overwrite(self, item: int, flags: int, exp: int, value, now: int) -> bool:
+    def _overwrite(self, item: int, key: bytes, flags: int, exp: int, value, now: int) -> bool:
         """Replace an item's value in its own chunk when the new one fits the
         same class: no allocation, no index or free-list traffic.  The item
         is otherwise new: fresh CAS, flags, expiry, unfetched, LRU head."""
@@ -540,7 +543,7 @@ class ItemStore:
         cls = self.slabs.classes[cls_id]
         if total > cls.chunk_size or (cls_id > 1 and total <= self.slabs.sizes[cls_id - 2]):
             return False        # it belongs in another class
-        self.invalidate(item)
+        self.invalidate(item, key)
         page = self.pages[self.id_page[item]]
         off = self.id_offset[item]
         end = off + vstart + vlen
@@ -576,7 +579,7 @@ class ItemStore:
             return EXISTS
         self.delete_hits += 1
         self.slabs.classes[self.id_class[item]].delete_hits += 1
-        self._unlink(item)
+        self._unlink(item, key)
         return DELETED
 
     def incr_decr(self, key: bytes, delta: int, incr: bool, cas: int = 0):
@@ -610,7 +613,7 @@ class ItemStore:
         if len(digits) <= vlen:
             # memcached rewrites in place, padding with spaces to the old length
             off = self.id_offset[item] + self.vstart[item]
-            self.invalidate(item)
+            self.invalidate(item, key)
             self.pages[self.id_page[item]][off:off + vlen] = digits.ljust(vlen)
             self.cas[item] = self.new_cas()
             self.last_cas = self.cas[item]
