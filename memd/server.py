@@ -30,10 +30,12 @@ from .protocol import protocol_for
 
 log = logging.getLogger("memd")
 
-# recv(RECV_SIZE) would allocate a fresh 256 KiB object per read, which glibc
-# serves with mmap/munmap (above its 128 KiB threshold): two syscalls per
-# read.  The loop reads into one reused buffer and copies out what arrived.
-RECV_SIZE = 256 * 1024
+# Reads are plain recv(RECV_SIZE): the bytes object is allocated at this size
+# and shrunk to what arrived.  Kept under glibc's 128 KiB mmap threshold, so
+# that allocation is a heap split, not an mmap/munmap pair per read (256 KiB
+# cost 17 µs a read here, 64 KiB 2.3); and 0.2 µs cheaper than recv_into a
+# reused buffer plus a copy out.
+RECV_SIZE = 64 * 1024
 TOO_MANY = b"ERROR Too many open connections\r\n"
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -203,8 +205,6 @@ class Server:
         conns = self.conns
         node = self.node
         wait_readable = trio.lowlevel.wait_readable
-        rbuf = bytearray(RECV_SIZE)
-        rview = memoryview(rbuf)
         checkpoint = trio.lowlevel.checkpoint
         store = node.store
         watch = node.watch
@@ -225,19 +225,18 @@ class Server:
                     continue
                 sock = conn.sock
                 try:
-                    n = sock.recv_into(rbuf)
+                    data = sock.recv(RECV_SIZE)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:
                     self._close(conn)
                     continue
-                if not n:
+                if not data:
                     self._close(conn)
                     continue
-                nread += n
+                nread += len(data)
                 watch.current_fd = fd
                 proto = conn.proto
-                data = bytes(rview[:n])
                 if trace:
                     # -vv: what memcached -vv shows, a line per request and reply
                     log.debug("<%d %r", fd, data[:120])

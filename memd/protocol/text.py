@@ -208,6 +208,14 @@ class TextProtocol:
         return reply
 
     def _parse(self, buf: bytes) -> None:
+        if buf[:4] == b"get " and self.authenticated:
+            m = _GET_RUN(buf)
+            if m is not None and m.end() == len(buf):
+                # the commonest read of all: nothing but single-key gets
+                keys = buf[4:-2].split(b"\r\nget ")
+                self.commands += len(keys)
+                self.store.fetch_text(keys, self.out, False, True)
+                return
         # consecutive single-key gets (a pipeline) are answered by one store
         # call; the batch is flushed before any other command and at the end
         gets: list[bytes] = []
