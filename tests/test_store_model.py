@@ -267,11 +267,10 @@ class StoreModel(RuleBasedStateMachine):
     def gat(self, key, exptime):
         item = self.store.get(key, self.wire_exptime(exptime))
         it = self.lookup(key)
+        # memcached counts a gat in the touch counters only, not as a get
         if it is None:
-            self.misses += 1
             assert item == -1
             return
-        self.hits += 1
         it.atime = self.clock.now
         it.exp = self.realtime(exptime)     # touching leaves the CAS alone
         self.check_item(item, key, it)

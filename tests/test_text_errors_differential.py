@@ -265,6 +265,29 @@ def test_too_large_set_drops_the_old_value(diff_pair):
 # Servers started for one test: -I, stats shapes, -A.
 
 
+def get_and_touch_counters(reply: bytes) -> dict[bytes, bytes]:
+    names = (b"cmd_get", b"get_hits", b"get_misses", b"cmd_touch", b"touch_hits", b"touch_misses")
+    return {m.group(1): m.group(2) for m in re.finditer(rb"STAT (\w+) (\d+)\r\n", reply)
+            if m.group(1) in names}
+
+
+def test_gat_counts_as_a_touch_and_an_overlong_key_stops_after_the_keys_before_it(fresh_pair):
+    # memcached counts a gat only in the touch counters, and works through a
+    # get or gat line in order: keys before an over-long one are looked up,
+    # counted and (gat) touched, then only the CLIENT_ERROR is answered
+    pair = fresh_pair()
+    long_key = b"b" * 251
+    script = [b"set a 0 0 1\r\nv\r\n", b"gat 0 a nokey\r\n", b"get a nokey " + long_key + b"\r\n",
+              b"gats 0 a " + long_key + b"\r\n", b"gat -1 a " + long_key + b"\r\n", b"get a\r\n"]
+    transcripts = []
+    for server in pair:
+        with wire.connect(server) as c:
+            replies = [c.request(line) for line in script]
+            transcripts.append((replies, get_and_touch_counters(c.request(b"stats\r\n"))))
+    assert transcripts[0] == transcripts[1]
+    assert transcripts[0][0][-1] == b"END\r\n"      # the gat -1 before the error expired it
+
+
 @pytest.fixture
 def fresh_pair(server_factory):
     second = "memcached" if os.environ.get("MEMD_DIFF_SELFTEST") == "1" else "memd"

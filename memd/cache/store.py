@@ -435,20 +435,24 @@ class ItemStore:
                       max(ttl, 0), cls_id, watch.current_fd, value_len))
 
     def get(self, key: bytes, touch_exptime: int | None = None) -> int:
-        """One counted get (gat when ``touch_exptime`` is given): item or -1."""
+        """One counted get (gat when ``touch_exptime`` is given): item or -1.
+
+        As in memcached 1.6.18, a gat counts as a touch only, not as a get."""
         now = self.clock()
         item = self.find_for_get(key, now)
         if self.watch:
             self._emit_fetch(key, item)
-        self.cmd_get += 1
-        if touch_exptime is not None:
+        if touch_exptime is None:
+            self.cmd_get += 1
+            if item == NIL:
+                self.get_misses += 1
+                return NIL
+            self.get_hits += 1
+        else:
             self.cmd_touch += 1
-        if item == NIL:
-            self.get_misses += 1
-            if touch_exptime is not None:
+            if item == NIL:
                 self.touch_misses += 1
-            return NIL
-        self.get_hits += 1
+                return NIL
         cls = self.slabs.classes[self.id_class[item]]
         if touch_exptime is not None:
             self.touch_hits += 1

@@ -388,8 +388,13 @@ class TextProtocol:
             self.out.append(ERROR)
             return
         if max(map(len, keys)) > KEY_MAX:
-            # memcached releases every reply still queued on the connection
-            # here, so earlier replies of the same read vanish too
+            # memcached looks up (and counts) the keys before the bad one,
+            # then releases every reply still queued on the connection, so
+            # earlier replies of the same read vanish too
+            good = 0
+            while len(keys[good]) <= KEY_MAX:
+                good += 1
+            self.store.fetch_text(keys[:good], [], with_cas)
             self.out.clear()
             self.out.append(BAD_FORMAT)
             return
@@ -410,14 +415,16 @@ class TextProtocol:
         if exptime is None:
             self.out.append(b"CLIENT_ERROR invalid exptime argument\r\n")
             return
-        keys = tokens[2:]
-        for k in keys:
-            if len(k) > KEY_MAX:
-                self.out.append(BAD_FORMAT)
-                return
         store = self.store
         out = self.out
-        for key in keys:
+        start = len(out)
+        for key in tokens[2:]:
+            if len(key) > KEY_MAX:
+                # memcached works through the keys in order: the ones before
+                # the bad key are touched, but only the error is answered
+                del out[start:]
+                out.append(BAD_FORMAT)
+                return
             item = store.get(key, exptime)
             if item < 0:
                 continue
