@@ -40,6 +40,16 @@ def parse_size(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -91,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--extended", action="append", default=[], metavar="OPTS",
                    help="memcached extended options, comma separated: idle_timeout=N, "
                         "ssl_chain_cert=FILE, ssl_key=FILE, ssl_ca_cert=FILE")
+    p.add_argument("--recent-replies-mb", type=non_negative_int, metavar="MB",
+                   help="memory for the replies of recently read keys, which repeated "
+                        "gets are answered from (default: a sixteenth of -m; 0: off)")
     p.add_argument("--idle-timeout", type=int, default=0,
                    help="close connections idle this many seconds (default: 0, never)")
     p.add_argument("-Y", "--auth-file", help="user:password file; enables authentication")
@@ -143,6 +156,7 @@ def settings_from(args) -> NodeSettings:
         enable_shutdown=args.enable_shutdown,
         threads=args.threads,
         idle_timeout=args.idle_timeout,
+        recent_replies_mb=-1 if args.recent_replies_mb is None else args.recent_replies_mb,
     )
 
 

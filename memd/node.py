@@ -34,6 +34,7 @@ class NodeSettings:
     threads: int = 1
     idle_timeout: int = 0
     flush_enabled: bool = True
+    recent_replies_mb: int = -1     # -1: the store's default (a sixteenth of the memory limit)
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
@@ -42,6 +43,7 @@ class NodeSettings:
             factor=self.factor,
             min_size=self.slab_min_size,
             evictions=self.evictions,
+            recent_bytes=self.recent_replies_mb << 20 if self.recent_replies_mb >= 0 else -1,
         )
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from memd.cli import build_parser, parse_size, settings_from
+from memd.node import Node
 
 import servers
 
@@ -53,6 +54,17 @@ def test_memcached_flags_mean_what_they_mean_in_memcached():
     assert (s.max_item_size, s.factor, s.slab_min_size) == (2 << 20, 1.5, 64)
     assert (s.evictions, s.verbosity, s.enable_shutdown, s.threads) == (False, 2, True, 4)
     assert parse_size("1k") == 1024 and parse_size("1m") == 1 << 20 and parse_size("4096") == 4096
+
+
+def test_recent_replies_budget_defaults_to_a_sixteenth_of_memory_and_can_be_turned_off():
+    default = Node(settings_from(build_parser().parse_args(["-m", "128"])))
+    assert default.store.recent.budget == 8 << 20
+    off = Node(settings_from(build_parser().parse_args(["--recent-replies-mb", "0"])))
+    assert off.store.recent.budget == 0
+    off.store.store(0, b"k", 0, 0, b"v")
+    out = []
+    off.store.fetch_text([b"k", b"k"], out)
+    assert out == [b"VALUE k 0 1\r\nv\r\n"] * 2 and not off.store.recent.replies
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

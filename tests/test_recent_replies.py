@@ -137,12 +137,12 @@ def test_gets_and_a_watched_node_take_the_full_path(send):
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(0, 20_000), min_size=1, max_size=200),
+@given(writes=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 20_000)), min_size=1, max_size=200),
        budget=st.integers(0, 200_000))
-def test_memory_stays_within_the_budget(sizes, budget):
+def test_memory_stays_within_the_budget(writes, budget):
     store = ItemStore(StoreSettings(mem_limit=64 << 20, recent_bytes=budget), FakeClock())
     out = []
-    for i, size in enumerate(sizes):
+    for i, size in writes:
         key = b"k%d" % i
         store.store(SET, key, 0, 0, b"v" * size)
         store.fetch_text([key], out)

@@ -40,10 +40,10 @@ class RecentReplies:
         if len(reply) > MAX_REPLY or size > self.budget:
             return
         replies = self.replies
-        old = replies.get(key)
+        old = replies.pop(key, None)
         if old is not None:
             self.used -= len(old[0]) + ENTRY_OVERHEAD
-        elif self.used + size > self.budget or len(replies) >= MAX_ENTRIES:
+        if self.used + size > self.budget or len(replies) >= MAX_ENTRIES:
             # full: start over; the keys that are really hot come straight back
             replies.clear()
             self.used = 0
