@@ -36,6 +36,10 @@ log = logging.getLogger("memd")
 # cost 17 µs a read here, 64 KiB 2.3); and 0.2 µs cheaper than recv_into a
 # reused buffer plus a copy out.
 RECV_SIZE = 64 * 1024
+# A read that fills RECV_SIZE is followed by more, up to this much per
+# connection per pass: a large value arrives in a few passes, as it did
+# with 256 KiB reads (64 KiB reads alone doubled the p99 of 512 KiB sets).
+READ_BURST = 1 << 20
 TOO_MANY = b"ERROR Too many open connections\r\n"
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -241,6 +245,8 @@ class Server:
                 if not data:
                     self._close(conn)
                     continue
+                if len(data) == RECV_SIZE:
+                    data = self._read_more(sock, data)
                 nread += len(data)
                 watch.current_fd = fd
                 proto = conn.proto
@@ -292,6 +298,25 @@ class Server:
                     elif wconn is not None:
                         watch.skipped += lines.count(b"\n")
             await checkpoint()
+
+    @staticmethod
+    def _read_more(sock: socket.socket, data: bytes) -> bytes:
+        """The rest of a burst, up to READ_BURST; a close or an error met
+        here shows again on the next read, which handles it."""
+        parts = [data]
+        total = len(data)
+        while total < READ_BURST:
+            try:
+                more = sock.recv(RECV_SIZE)
+            except OSError:
+                break
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+            if len(more) < RECV_SIZE:
+                break
+        return b"".join(parts)
 
     def _send(self, conn: Conn, reply: bytes) -> None:
         """Send what we can; park the rest and wait for EPOLLOUT (backpressure).
