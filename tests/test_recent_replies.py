@@ -151,3 +151,32 @@ def test_memory_stays_within_the_budget(writes, budget):
         assert recent.used == sum(len(r) + R.ENTRY_OVERHEAD for r, _, _ in recent.replies.values())
         assert len(recent.replies) <= R.MAX_ENTRIES
         assert all(len(r) <= R.MAX_REPLY for r, _, _ in recent.replies.values())
+
+
+def test_a_load_spread_over_too_many_keys_samples_admissions_until_entries_earn_hits():
+    recent = R.RecentReplies(budget=10 * (100 + R.ENTRY_OVERHEAD))
+    reply = b"x" * 100
+    for i in range(11):                      # the 11th starts a new round
+        recent.admit(b"k%d" % i, reply, 1 << 40, 1)
+    assert recent.sampling and len(recent.replies) == 1
+    for i in range(11, 11 + 9 * R.SAMPLE):
+        recent.admit(b"k%d" % i, reply, 1 << 40, 1)
+    assert len(recent.replies) == 10           # one admission in SAMPLE: full again
+    recent.hits += 100                         # this round's entries are read a lot
+    for i in range(R.SAMPLE):
+        recent.admit(b"h%d" % i, reply, 1 << 40, 1)
+    assert not recent.sampling and len(recent.replies) == 1
+
+
+def test_a_large_uniform_read_load_is_answered_exactly_while_sampling():
+    store = ItemStore(StoreSettings(mem_limit=64 << 20, recent_bytes=50 * (150 + R.ENTRY_OVERHEAD)),
+                      FakeClock())
+    keys = [b"key%d" % i for i in range(2000)]
+    for k in keys:
+        store.store(SET, k, 0, 0, k * 3)
+    for rounds in range(3):
+        out = []
+        store.fetch_text(keys, out)
+        assert out == [b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(k) * 3, k * 3) for k in keys]
+    assert store.recent.sampling
+    assert store.get_hits == 3 * len(keys) and store.get_misses == 0

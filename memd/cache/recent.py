@@ -26,16 +26,36 @@ from __future__ import annotations
 ENTRY_OVERHEAD = 200
 MAX_ENTRIES = 1 << 16      # emptying this many takes ~8 ms on this machine
 MAX_REPLY = 16 << 10       # past this the copy, not the lookup, is the cost
+SAMPLE = 16                # while thrashing, admit one miss in this many
 
 
 class RecentReplies:
+    """The dict, its budget, and whether it is earning its keep.
+
+    When it fills up it is emptied and started over.  If the entries of the
+    round just ended served fewer hits than there were admissions, the reads
+    are spread over more keys than it can hold (a uniform load over a large
+    store): the next round admits only one miss in SAMPLE, so such a load
+    pays a sixteenth of the admission cost, while a key that is really hot
+    still gets in after a few reads.
+    """
+
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.replies: dict[bytes, tuple[bytes, int, int]] = {}
         self.used = 0
+        self.hits = 0          # this round's, added up by the store
+        self.admitted = 0      # this round's
+        self.sampling = False
+        self._skip = 0
 
-    def admit(self, key: bytes, reply: bytes, until: int, cls_id: int) -> None:
-        """Remember ``reply`` for ``key`` until the clock reaches ``until``."""
+    def admit(self, key: bytes, reply, until: int, cls_id: int) -> None:
+        """Remember (a copy of) ``reply`` for ``key`` until the clock reaches ``until``."""
+        if self.sampling:
+            self._skip += 1
+            if self._skip < SAMPLE:
+                return
+            self._skip = 0
         size = len(reply) + ENTRY_OVERHEAD
         if len(reply) > MAX_REPLY or size > self.budget:
             return
@@ -44,11 +64,15 @@ class RecentReplies:
         if old is not None:
             self.used -= len(old[0]) + ENTRY_OVERHEAD
         if self.used + size > self.budget or len(replies) >= MAX_ENTRIES:
-            # full: start over; the keys that are really hot come straight back
-            replies.clear()
-            self.used = 0
-        replies[key] = (reply, until, cls_id)
+            self._start_over()
+        replies[key] = (bytes(reply), until, cls_id)
         self.used += size
+        self.admitted += 1
+
+    def _start_over(self) -> None:
+        self.sampling = self.hits < self.admitted
+        self.hits = self.admitted = 0
+        self.clear()
 
     def forget(self, key: bytes) -> None:
         old = self.replies.pop(key, None)

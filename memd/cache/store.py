@@ -58,6 +58,7 @@ MEMCACHED_ITEM_OVERHEAD = 48 + 8 + 1 + 2
 TAIL_SEARCH = 5   # how far up the tail to look for an expired item before evicting
 
 _hash = xxhash.xxh3_64_intdigest
+_NO_REPLIES: dict = {}     # stands in for recent replies when they must not be used
 
 
 @dataclass
@@ -118,6 +119,12 @@ class ItemStore:
         self.bytes = 0
         self.reclaim_cursor = 0
         self.class_get_hits = array("Q", bytes(8 * len(slabs.classes)))
+        # the arrays the read path needs, fetched with one attribute load (they
+        # only ever grow in place, so the tuple stays valid)
+        self._hot_arrays = (self.index.hash, self.index.chain, self.klen, self.pages,
+                            self.id_page, self.id_offset, self.vstart, self.vlen,
+                            self.exptime, self.atime, self.iflags, self.id_class,
+                            self.class_get_hits)
         self.recent = RecentReplies(s.recent_bytes if s.recent_bytes >= 0 else s.mem_limit // 16)
         self._recent_flush_at = 0      # when a delayed flush_all takes effect
         self.reset_stats()
@@ -358,62 +365,93 @@ class ItemStore:
         END (the parser batches a pipeline of those into one call).
 
         A key read lately is answered from ``recent`` (see recent.py): one
-        dict lookup instead of hashing, walking a chain, comparing the key in
-        the page and reading the item's arrays.  Everything else goes through
-        ``_fetch_one``, the full lookup, which files its hits there.
+        dict lookup.  Any other key takes the full lookup, inlined with
+        everything in locals (this loop is what a multi-get spends its time
+        in), and a hit is offered to ``recent``.
         """
         now = self.clock()
+        recent = self.recent
         if self._recent_flush_at and self._recent_flush_at <= now:
-            self.recent.clear()          # a delayed flush_all took effect
+            recent.clear()               # a delayed flush_all took effect
             self._recent_flush_at = 0
-        recent_get = self.recent.replies.get if not (with_cas or self.watch) else {}.get
-        class_hits = self.class_get_hits
-        fetch_one = self._fetch_one
+        remember = not (with_cas or self.watch)
+        recent_get = recent.replies.get if remember else _NO_REPLIES.get
+        admit = recent.admit
+        index = self.index
+        old = index.old
+        buckets, mask = index.buckets, index.mask
+        old_mask, migrated = index.old_mask, index.migrated
+        (hashes, chain, klen, pages, id_page, id_offset, vstart, vlen, exptime, atime,
+         iflags, id_class, class_hits) = self._hot_arrays
+        oldest_live = self.oldest_live
+        if oldest_live > now:
+            oldest_live = 0
+        bump_interval = self.settings.bump_interval
+        bump_before = now - bump_interval
         append = out.append
-        hits = 0
+        hits = recent_hits = 0
         for key in keys:
             entry = recent_get(key)
             if entry is not None and now < entry[1]:
-                hits += 1
+                recent_hits += 1
                 class_hits[entry[2]] += 1
                 append(entry[0])
+                if end_each:
+                    append(b"END\r\n")
+                continue
+            h = _hash(key)
+            if old is not None and (h & old_mask) >= migrated:
+                item = old[h & old_mask]
             else:
-                hits += fetch_one(key, now, append, with_cas)
+                item = buckets[h & mask]
+            while item != NIL:
+                if hashes[item] == h:
+                    off = id_offset[item]
+                    page = pages[id_page[item]]
+                    # startswith compares in place: no slice object per lookup
+                    if page.startswith(key, off + KEY_OFFSET) and klen[item] == len(key):
+                        break
+                item = chain[item]
+            else:
+                if end_each:
+                    append(b"END\r\n")
+                continue
+            exp = exptime[item]
+            if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
+                self.find_for_get(key, now)      # counts and reclaims it
+                if end_each:
+                    append(b"END\r\n")
+                continue
+            hits += 1
+            cls_id = id_class[item]
+            class_hits[cls_id] += 1
+            if not iflags[item] & FETCHED:
+                iflags[item] |= FETCHED
+            if atime[item] <= bump_before:
+                atime[item] = now
+                self.lru.bump(cls_id, item)
+            vs = vstart[item]
+            if with_cas:
+                append(page[off:off + vs - 2])
+                append(b" %d\r\n" % self.cas[item])
+                append(page[off + vs:off + vs + vlen[item] + 2])
+            else:
+                reply = page[off:off + vs + vlen[item] + 2]
+                append(reply)
+                if remember:
+                    # usable until the item expires or is due for its next bump
+                    until = atime[item] + bump_interval
+                    admit(key, reply, exp if exp and exp < until else until, cls_id)
             if end_each:
                 append(b"END\r\n")
+        recent.hits += recent_hits
         n = len(keys)
         self.cmd_get += n
-        self.get_hits += hits
-        self.get_misses += n - hits
+        self.get_hits += hits + recent_hits
+        self.get_misses += n - hits - recent_hits
         if self.watch:
             for key in keys:
                 self._emit_fetch(key, self.index.find(key, _hash(key)))
-
-    def _fetch_one(self, key: bytes, now: int, append, with_cas: bool) -> int:
-        """The full lookup of one text get: append its VALUE block; 1 on a hit."""
-        item = self.find_for_get(key, now)
-        if item == NIL:
-            return 0
-        cls_id = self.id_class[item]
-        self.class_get_hits[cls_id] += 1
-        self._touched(item, now)
-        page = self.pages[self.id_page[item]]
-        off = self.id_offset[item]
-        vs = self.vstart[item]
-        end = off + vs + self.vlen[item] + 2
-        if with_cas:
-            append(page[off:off + vs - 2])
-            append(b" %d\r\n" % self.cas[item])
-            append(page[off + vs:end])
-            return 1
-        reply = bytes(page[off:end])
-        append(reply)
-        if not self.watch:
-            # usable until the item expires or is due for its next LRU bump
-            until = self.atime[item] + self.settings.bump_interval
-            exp = self.exptime[item]
-            self.recent.admit(key, reply, exp if exp and exp < until else until, cls_id)
-        return 1
 
     def _emit_fetch(self, key: bytes, item: int) -> None:
         watch = self.watch
