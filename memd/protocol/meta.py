@@ -308,13 +308,16 @@ class MetaCommands:
         cas = 0
         if result == st.STORED:
             cas = store.last_cas
-            if stale_store or f.binary:
+            # memcached 1.6.18 builds an appended item afresh without the
+            # binary-key mark, even when the append itself came with b
+            binary = f.binary and mode not in (st.APPEND, st.PREPEND)
+            if stale_store or binary:
                 item = store.find(key)
                 if item >= 0:
                     if stale_store:
                         store.set_exptime(item, old_exp)
                         store.iflags[item] |= STALE | (old_flags & WIN_SENT)
-                    if f.binary:
+                    if binary:
                         store.iflags[item] |= KEY_BINARY
             if f.no_reply:
                 return
