@@ -376,20 +376,10 @@ class ItemStore:
             self._recent_flush_at = 0
         remember = not (with_cas or self.watch)
         recent_get = recent.replies.get if remember else _NO_REPLIES.get
-        admit = recent.admit
-        index = self.index
-        old = index.old
-        buckets, mask = index.buckets, index.mask
-        old_mask, migrated = index.old_mask, index.migrated
-        (hashes, chain, klen, pages, id_page, id_offset, vstart, vlen, exptime, atime,
-         iflags, id_class, class_hits) = self._hot_arrays
-        oldest_live = self.oldest_live
-        if oldest_live > now:
-            oldest_live = 0
-        bump_interval = self.settings.bump_interval
-        bump_before = now - bump_interval
+        class_hits = self.class_get_hits
         append = out.append
         hits = recent_hits = 0
+        full_path = False
         for key in keys:
             entry = recent_get(key)
             if entry is not None and now < entry[1]:
@@ -399,6 +389,22 @@ class ItemStore:
                 if end_each:
                     append(b"END\r\n")
                 continue
+            if not full_path:
+                # set up the full lookup only once a key needs it: a read
+                # answered from recent replies alone skips this
+                full_path = True
+                admit = recent.admit
+                index = self.index
+                old = index.old
+                buckets, mask = index.buckets, index.mask
+                old_mask, migrated = index.old_mask, index.migrated
+                (hashes, chain, klen, pages, id_page, id_offset, vstart, vlen, exptime, atime,
+                 iflags, id_class, _) = self._hot_arrays
+                oldest_live = self.oldest_live
+                if oldest_live > now:
+                    oldest_live = 0
+                bump_interval = self.settings.bump_interval
+                bump_before = now - bump_interval
             h = _hash(key)
             if old is not None and (h & old_mask) >= migrated:
                 item = old[h & old_mask]
