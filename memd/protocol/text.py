@@ -208,38 +208,44 @@ class TextProtocol:
         return reply
 
     def _parse(self, buf: bytes) -> None:
-        if buf[:4] == b"get " and self.authenticated:
-            m = _GET_RUN(buf)
-            if m is not None and m.end() == len(buf):
-                # the commonest read of all: nothing but single-key gets
-                keys = buf[4:-2].split(b"\r\nget ")
-                self.commands += len(keys)
-                self.store.fetch_text(keys, self.out, False, True)
-                return
         # consecutive single-key gets (a pipeline) are answered by one store
         # call; the batch is flushed before any other command and at the end
         gets: list[bytes] = []
+        pos = 0
+        if buf[:4] == b"get " and self.authenticated:
+            pos = self._take_gets(buf, 0, gets)
+            if pos == len(buf):
+                # the commonest read of all: nothing but single-key gets
+                self.store.fetch_text(gets, self.out, False, True)
+                return
         try:
-            self._parse_lines(buf, gets)
+            self._parse_lines(buf, pos, gets)
         finally:
             if gets:
                 self.store.fetch_text(gets, self.out, False, True)
 
-    def _parse_lines(self, buf: bytes, gets: list) -> None:
-        pos = 0
+    def _take_gets(self, buf: bytes, pos: int, gets: list) -> int:
+        """Add the keys of a run of single-key gets at ``pos`` to ``gets``;
+        return where the run ends (``pos`` if there is none)."""
+        m = _GET_RUN(buf, pos)
+        if m is None:
+            return pos
+        end = m.end()
+        keys = buf[pos + 4:end - 2].split(b"\r\nget ")
+        gets += keys
+        self.commands += len(keys)
+        return end
+
+    def _parse_lines(self, buf: bytes, pos: int, gets: list) -> None:
         n = len(buf)
         dispatch = self._commands
         out = self.out
         fetch_text = self.store.fetch_text
-        get_run = _GET_RUN if self.authenticated else None
+        take_gets = self._take_gets if self.authenticated else None
         while pos < n and not self.closed:
-            if get_run is not None and buf.startswith(b"get ", pos):
-                m = get_run(buf, pos)
-                if m is not None:
-                    end = m.end()
-                    keys = buf[pos + 4:end - 2].split(b"\r\nget ")
-                    gets += keys
-                    self.commands += len(keys)
+            if take_gets is not None and buf.startswith(b"get ", pos):
+                end = take_gets(buf, pos, gets)
+                if end != pos:
                     pos = end
                     continue
             eol = buf.find(b"\n", pos)
