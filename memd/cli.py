@@ -40,24 +40,22 @@ def parse_size(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, rule: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{rule}: {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
+    return _int_at_least(text, 1, "must be greater than 0")
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "must not be negative")
 
 
 def port_number(text: str) -> int:

@@ -492,18 +492,15 @@ class ItemStore:
                 self.get_misses += 1
                 return NIL
             self.get_hits += 1
+            self.class_get_hits[self.id_class[item]] += 1
         else:
             self.cmd_touch += 1
             if item == NIL:
                 self.touch_misses += 1
                 return NIL
-        cls = self.slabs.classes[self.id_class[item]]
-        if touch_exptime is not None:
             self.touch_hits += 1
-            cls.touch_hits += 1
+            self.slabs.classes[self.id_class[item]].touch_hits += 1
             self.set_exptime(item, self.abs_exptime(touch_exptime, now))
-        else:
-            self.class_get_hits[cls.id] += 1
         self._touched(item, now)
         return item
 
