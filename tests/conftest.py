@@ -12,6 +12,9 @@ memcached_server / memd_server
 server_kind / any_server
     ``any_server`` is parametrized over both kinds, for tests that must pass
     against memcached as well as memd (memcached passing proves the test).
+clock / conn
+    In process, no sockets: a FakeClock, and a text+meta session on a fresh
+    Node driven by it (``conn(bytes) -> reply``, with ``.node`` and ``.proto``).
 
 When memd cannot start (not written yet, crashed on import) the memd fixtures
 fail with "memd did not start: <stderr>"; the memcached fixtures skip when the
@@ -29,6 +32,28 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import servers  # noqa: E402
+from memd.cache.clock import FakeClock  # noqa: E402
+from memd.node import Node  # noqa: E402
+from memd.protocol.meta import MetaCommands  # noqa: E402
+from memd.protocol.text import TextProtocol  # noqa: E402
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def conn(clock):
+    node = Node(clock=clock)
+    proto = TextProtocol(node, MetaCommands(node))
+
+    def send(data: bytes) -> bytes:
+        return proto.feed(data)
+
+    send.node = node
+    send.proto = proto
+    return send
 
 
 def _require_memcached() -> None:

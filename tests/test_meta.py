@@ -10,30 +10,7 @@ import base64
 
 import pytest
 
-from memd.cache.clock import FakeClock
-from memd.node import Node
-from memd.protocol.meta import MetaCommands
 from memd.protocol.meta_flags import b64decode
-from memd.protocol.text import TextProtocol
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def conn(clock):
-    node = Node(clock=clock)
-    proto = TextProtocol(node, MetaCommands(node))
-    proto.node_ = node
-
-    def send(data: bytes) -> bytes:
-        return proto.feed(data)
-
-    send.node = node
-    send.proto = proto
-    return send
 
 
 def test_ms_then_mg_with_every_return_flag(conn):

@@ -15,56 +15,36 @@ from hypothesis import given, settings
 from memd.cache import recent as R
 from memd.cache.clock import FakeClock
 from memd.cache.store import SET, ItemStore, StoreSettings
-from memd.node import Node
-from memd.protocol.meta import MetaCommands
-from memd.protocol.text import TextProtocol
 
 
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def send(clock):
-    node = Node(clock=clock)
-    proto = TextProtocol(node, MetaCommands(node))
-
-    def send(data: bytes) -> bytes:
-        return proto.feed(data)
-
-    send.store = node.store
-    return send
-
-
-def read_twice(send, key=b"k"):
+def read_twice(conn, key=b"k"):
     """Read ``key`` so its reply is remembered; return that reply."""
-    first = send(b"get %s\r\n" % key)
-    assert key in send.store.recent.replies or first == b"END\r\n"
+    first = conn(b"get %s\r\n" % key)
+    assert key in conn.node.store.recent.replies or first == b"END\r\n"
     return first
 
 
-def test_a_repeated_get_is_answered_from_recent_with_the_same_bytes(send):
-    send(b"set k 5 0 3\r\nabc\r\n")
-    assert read_twice(send) == b"VALUE k 5 3\r\nabc\r\nEND\r\n"
-    assert send(b"get k\r\n") == b"VALUE k 5 3\r\nabc\r\nEND\r\n"
-    assert send(b"get k k\r\n") == b"VALUE k 5 3\r\nabc\r\n" * 2 + b"END\r\n"
-    stats = send(b"stats\r\n")
+def test_a_repeated_get_is_answered_from_recent_with_the_same_bytes(conn):
+    conn(b"set k 5 0 3\r\nabc\r\n")
+    assert read_twice(conn) == b"VALUE k 5 3\r\nabc\r\nEND\r\n"
+    assert conn(b"get k\r\n") == b"VALUE k 5 3\r\nabc\r\nEND\r\n"
+    assert conn(b"get k k\r\n") == b"VALUE k 5 3\r\nabc\r\n" * 2 + b"END\r\n"
+    stats = conn(b"stats\r\n")
     assert b"STAT get_hits 4\r\n" in stats and b"STAT cmd_get 4\r\n" in stats
 
 
-def test_set_in_place_after_a_get_is_seen(send):
-    send(b"set k 0 0 3\r\nabc\r\n")
-    read_twice(send)
+def test_set_in_place_after_a_get_is_seen(conn):
+    conn(b"set k 0 0 3\r\nabc\r\n")
+    read_twice(conn)
     # same size class: the chunk is rewritten in place
-    assert send(b"set k 7 0 3\r\nxyz\r\n") == b"STORED\r\n"
-    assert send(b"get k\r\n") == b"VALUE k 7 3\r\nxyz\r\nEND\r\n"
+    assert conn(b"set k 7 0 3\r\nxyz\r\n") == b"STORED\r\n"
+    assert conn(b"get k\r\n") == b"VALUE k 7 3\r\nxyz\r\nEND\r\n"
 
 
-def test_a_get_then_set_in_one_read_answers_the_old_value_then_the_new(send):
-    send(b"set k 0 0 3\r\nabc\r\n")
-    read_twice(send)
-    assert send(b"get k\r\nset k 0 0 3\r\nxyz\r\nget k\r\n") == (
+def test_a_get_then_set_in_one_read_answers_the_old_value_then_the_new(conn):
+    conn(b"set k 0 0 3\r\nabc\r\n")
+    read_twice(conn)
+    assert conn(b"get k\r\nset k 0 0 3\r\nxyz\r\nget k\r\n") == (
         b"VALUE k 0 3\r\nabc\r\nEND\r\nSTORED\r\nVALUE k 0 3\r\nxyz\r\nEND\r\n")
 
 
@@ -83,56 +63,56 @@ def test_a_get_then_set_in_one_read_answers_the_old_value_then_the_new(send):
     (b"ms k 1 F3\r\nq\r\n", b"VALUE k 3 1\r\nq\r\nEND\r\n"),
     (b"flush_all\r\n", b"END\r\n"),
 ])
-def test_every_change_after_a_get_shows_in_the_next_get(send, change, after):
-    send(b"set k 0 0 2\r\n10\r\n")
-    read_twice(send)
-    send(change)
-    assert send(b"get k\r\n") == after
+def test_every_change_after_a_get_shows_in_the_next_get(conn, change, after):
+    conn(b"set k 0 0 2\r\n10\r\n")
+    read_twice(conn)
+    conn(change)
+    assert conn(b"get k\r\n") == after
 
 
-def test_expiry_is_not_skipped(send, clock):
-    send(b"set k 0 5 1\r\nv\r\n")
-    read_twice(send)
+def test_expiry_is_not_skipped(conn, clock):
+    conn(b"set k 0 5 1\r\nv\r\n")
+    read_twice(conn)
     clock.advance(4)
-    assert send(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    assert conn(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
     clock.advance(1)
-    assert send(b"get k\r\n") == b"END\r\n"
-    assert b"STAT get_expired 1\r\n" in send(b"stats\r\n")
+    assert conn(b"get k\r\n") == b"END\r\n"
+    assert b"STAT get_expired 1\r\n" in conn(b"stats\r\n")
 
 
-def test_a_touch_that_extends_the_life_is_kept(send, clock):
-    send(b"set k 0 5 1\r\nv\r\n")
-    read_twice(send)
-    send(b"touch k 100\r\n")
+def test_a_touch_that_extends_the_life_is_kept(conn, clock):
+    conn(b"set k 0 5 1\r\nv\r\n")
+    read_twice(conn)
+    conn(b"touch k 100\r\n")
     clock.advance(50)
-    assert send(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    assert conn(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
 
 
-def test_a_delayed_flush_all_takes_effect_on_time(send, clock):
-    send(b"set k 0 0 1\r\nv\r\n")
-    read_twice(send)
-    assert send(b"flush_all 10\r\n") == b"OK\r\n"
+def test_a_delayed_flush_all_takes_effect_on_time(conn, clock):
+    conn(b"set k 0 0 1\r\nv\r\n")
+    read_twice(conn)
+    assert conn(b"flush_all 10\r\n") == b"OK\r\n"
     clock.advance(8)
-    assert send(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    assert conn(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
     clock.advance(2)
-    assert send(b"get k\r\n") == b"END\r\n"
+    assert conn(b"get k\r\n") == b"END\r\n"
 
 
-def test_reads_from_recent_still_bump_the_lru_once_an_interval(send, clock):
-    store = send.store
-    send(b"set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n")
-    read_twice(send, b"a")
+def test_reads_from_recent_still_bump_the_lru_once_an_interval(conn, clock):
+    store = conn.node.store
+    conn(b"set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n")
+    read_twice(conn, b"a")
     cls = store.id_class[store.find(b"a")]
     assert list(store.lru.items(cls))[0] == store.find(b"b")     # b is the newest
     clock.advance(store.settings.bump_interval)
-    send(b"get a\r\n")
+    conn(b"get a\r\n")
     assert list(store.lru.items(cls))[0] == store.find(b"a")     # a bumped to the head
 
 
-def test_gets_and_a_watched_node_take_the_full_path(send):
-    send(b"set k 0 0 1\r\nv\r\n")
-    read_twice(send)
-    reply = send(b"gets k\r\n")
+def test_gets_and_a_watched_node_take_the_full_path(conn):
+    conn(b"set k 0 0 1\r\nv\r\n")
+    read_twice(conn)
+    reply = conn(b"gets k\r\n")
     assert reply.startswith(b"VALUE k 0 1 ") and reply.endswith(b"\r\nv\r\nEND\r\n")
 
 
