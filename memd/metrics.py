@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from . import stats as stats_mod
+from . import hotkeys, stats as stats_mod
 
 log = logging.getLogger("memd")
 
@@ -232,6 +232,7 @@ class NodeCollector:
         yield commands
 
         yield from self._slab_families(stats_mod.items(node), slab_pairs)
+        yield from hot_key_families(node.store.hotkeys)
 
     def _slab_families(self, item_pairs, slab_pairs):
         items = _per_class(item_pairs)
@@ -283,6 +284,28 @@ class NodeCollector:
                 cas = (_num(fields.get("cas_hits")) or 0) + (_num(fields.get("cas_badval")) or 0)
                 cmds.add_metric([cls, "set", "hit"], v - cas)
         yield cmds
+
+
+HOT_KEYS_EXPORTED = 10
+
+
+def hot_key_families(hot):
+    """memd's own (no exporter has them): the node's hottest keys as labels.
+
+    Only the top ``HOT_KEYS_EXPORTED`` are exported, so the series a node
+    adds stay bounded however many keys pass through the list; keys are
+    labelled as `stats hotkeys` prints them (printable ASCII, else b64:)."""
+    requests = GaugeMetricFamily(
+        "memd_hot_key_requests",
+        "Estimated recent requests of the node's hottest keys (sampled, halved every "
+        "memd_hot_keys_window_seconds).", labels=["key"])
+    for key, count, _error in hot.top(HOT_KEYS_EXPORTED):
+        requests.add_metric([hotkeys.key_label(key)], count)
+    yield requests
+    yield GaugeMetricFamily("memd_hot_keys_window_seconds",
+                            "Seconds after which hot key counts are halved.", value=hot.window)
+    yield CounterMetricFamily("memd_hot_keys_sampled_total",
+                              "Requests counted by the hot keys sketch.", value=hot.sampled)
 
 
 def make_registry(node) -> CollectorRegistry:

@@ -30,6 +30,7 @@ from .clock import system_clock
 from .index import HashIndex
 from .lru import LRU, NIL
 from .recent import RecentReplies
+from ..hotkeys import HotKeys
 from .slabs import SlabAllocator
 
 # results of store()
@@ -127,6 +128,7 @@ class ItemStore:
                             self.class_get_hits)
         self.recent = RecentReplies(s.recent_bytes if s.recent_bytes >= 0 else s.mem_limit // 16)
         self._recent_flush_at = 0      # when a delayed flush_all takes effect
+        self.hotkeys = HotKeys()       # the most requested keys (memd/hotkeys.py)
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -258,6 +260,7 @@ class ItemStore:
         return item
 
     def find_for_get(self, key: bytes, now: int) -> int:
+        self.hotkeys.count(key)
         item = self.index.find(key, _hash(key))
         if item != NIL:
             dead = self.is_dead(item, now)
@@ -369,6 +372,7 @@ class ItemStore:
         everything in locals (this loop is what a multi-get spends its time
         in), and a hit is offered to ``recent``.
         """
+        self.hotkeys.count_many(keys)
         now = self.clock()
         recent = self.recent
         if self._recent_flush_at and self._recent_flush_at <= now:

@@ -399,6 +399,21 @@ class ClusterClient:
         """Per node ``stats`` output (or the exception it raised)."""
         return self._each_node("stats", *args)
 
+    def hot_keys(self, n: int = 10) -> list[tuple[bytes, int]]:
+        """The fleet's ``n`` most requested keys as (key, estimated requests),
+        hottest first: every live node's ``stats hotkeys`` merged, a key's
+        counts summed over the nodes that serve it (replicas, or a key that
+        moved).  Nodes that do not report hot keys (memcached) add nothing."""
+        from memd import hotkeys
+        merged: dict[bytes, int] = {}
+        # ask each node for more than n: a key just below a node's top n may
+        # still make the fleet's top n once summed with its other owners
+        for reply in self._each_node("stats", "hotkeys", str(2 * n)).values():
+            if isinstance(reply, dict):
+                for key, count in hotkeys.parse_stats(reply):
+                    merged[key] = merged.get(key, 0) + count
+        return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Stop the maintenance thread and the fan-out pool; close sockets."""

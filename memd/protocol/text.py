@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote_from_bytes
 
-from .. import stats as stats_mod
+from .. import hotkeys, stats as stats_mod
 from ..watch import KINDS as WATCH_KINDS
 from ..cache import store as st
 from ..numbers import strtol32, strtoul32, strtoull
@@ -679,6 +679,8 @@ class TextProtocol:
             self.out.append(stats_mod.render(stats_mod.conns(node)))
         elif sub == b"cachedump":
             self._cachedump(tokens)
+        elif sub == b"hotkeys":
+            self.out.append(hotkeys.reply(self.store.hotkeys, tokens[2:]))
         else:
             self.out.append(ERROR)
 

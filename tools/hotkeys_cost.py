@@ -1,0 +1,75 @@
+"""What counting hot keys costs per request, through the protocol in process.
+
+Feeds compare.py's two loads (``c50``: single gets with 10% sets over 10k
+keys; ``mget100``: 100-key gets) to a TextProtocol on a fresh Node, no
+sockets, and prints wall time per request.  Run it under callgrind twice
+(N requests and 0) for instructions per request, which a busy machine does
+not blur:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+        python -m tools.hotkeys_cost c50 20000 on
+
+``on``/``off`` switch the sketch (off leaves the hook in place);
+``--warm`` requests are sent before the timed ones, and the same requests
+are built for every mode (seeded), so runs compare like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from memd.node import Node
+from memd.protocol.meta import MetaCommands
+from memd.protocol.text import TextProtocol
+
+KEYS = 10_000
+VALUE = b"x" * 100
+
+
+def requests(load: str, n: int, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if load == "mget100":
+            out.append(b"get " + b" ".join(b"key:%d" % rng.randrange(KEYS) for _ in range(100))
+                       + b"\r\n")
+        elif rng.random() < 0.1:
+            out.append(b"set key:%d 0 0 %d\r\n%s\r\n" % (rng.randrange(KEYS), len(VALUE), VALUE))
+        else:
+            out.append(b"get key:%d\r\n" % rng.randrange(KEYS))
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("load", choices=("c50", "mget100"))
+    ap.add_argument("n", type=int)
+    ap.add_argument("mode", choices=("on", "off", "none"), nargs="?", default="on",
+                    help="none: the node has no hotkeys attribute (a checkout without the hook)")
+    ap.add_argument("--warm", type=int, default=2000)
+    args = ap.parse_args(argv)
+    node = Node()
+    proto = TextProtocol(node, MetaCommands(node))
+    for i in range(KEYS):
+        proto.feed(b"set key:%d 0 0 %d\r\n%s\r\n" % (i, len(VALUE), VALUE))
+    hot = getattr(node.store, "hotkeys", None)
+    if hot is not None and args.mode == "off":
+        hot.set_enabled(False)
+    feed = proto.feed
+    for r in requests(args.load, args.warm, seed=2):
+        feed(r)
+    reqs = requests(args.load, args.n)
+    t0 = time.perf_counter()
+    for r in reqs:
+        feed(r)
+    dt = time.perf_counter() - t0
+    if args.n:
+        print(f"{args.load} {args.mode}: {dt / args.n * 1e6:.2f} us/request over {args.n}")
+    if hot is not None and hot.enabled:
+        print("hottest:", hot.top(3))
+
+
+if __name__ == "__main__":
+    main()
