@@ -25,6 +25,7 @@ from memd.shell.top import NodeView, TopModel, render_screen, sparkline
 from tools.fleet import LocalFleet, memd_available
 
 import servers
+from test_tls import mtls_node, pki  # noqa: F401  (fixtures: a CA, certificates, an mTLS node)
 
 REPO = str(servers.REPO_ROOT)
 
@@ -335,3 +336,25 @@ def test_fleet_mode_finds_members_through_a_configuration_endpoint(fleet):
     r = cli("--cluster", fleet.addresses[0], "--json", "-c", "nodes")
     assert r.returncode == 0, r.stderr
     assert sorted(n["node"] for n in json.loads(r.stdout)) == sorted(fleet.addresses)
+
+
+def test_sasl_on_binary_translates_typed_commands(memd_server_factory, tmp_path):
+    users = tmp_path / "users"
+    users.write_text("ops:s3cret\n")
+    node = memd_server_factory("--auth-file", str(users))
+    addr = "%s:%d" % node.address
+    r = cli(addr, "--sasl", "--user", "ops", "--password", "s3cret", "--raw",
+            stdin=b"set shell:s 9 0\nbin\nget shell:s\ndelete shell:s\ndelete shell:s\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"STORED\r\nVALUE shell:s 9 3\r\nbin\r\nEND\r\nDELETED\r\nNOT_FOUND\r\n"
+    assert cli(addr, "--sasl", "--user", "ops", "--password", "nope", "-c", "version"
+               ).returncode == 2
+
+
+def test_mutual_tls_with_a_client_certificate(pki, mtls_node):
+    addr = "%s:%d" % mtls_node.address
+    cert, key = pki["client"]
+    r = cli(addr, "--tls-ca", pki["ca"], "--tls-cert", cert, "--tls-key", key, "-c", "version")
+    assert r.returncode == 0 and r.stdout.startswith(b"VERSION 1.6.18"), r.stderr
+    assert cli(addr, "--tls", "--tls-ca", pki["ca"], "-c", "version").returncode == 2
+    assert cli(addr, "-c", "version").returncode == 2            # plain text to a TLS port
