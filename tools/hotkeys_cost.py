@@ -6,18 +6,25 @@ sockets, and prints wall time per request.  Run it under callgrind twice
 (N requests and 0) for instructions per request, which a busy machine does
 not blur:
 
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
-        python -m tools.hotkeys_cost c50 20000 on
+    python -m tools.hotkeys_cost --callgrind c50 20000 [--baseline DIR] [--seeds 3]
 
-``on``/``off`` switch the sketch (off leaves the hook in place);
-``--warm`` requests are sent before the timed ones, and the same requests
-are built for every mode (seeded), so runs compare like for like.
+does that for ``on`` and ``off`` (and for a checkout without the hook given
+as ``--baseline``, e.g. ``git worktree add /tmp/base main``), once per
+PYTHONHASHSEED (dict layouts move instruction counts by a few hundred), and
+prints instructions per request.  ``on``/``off`` switch the sketch (off
+leaves the hook in place); ``--warm`` requests are sent before the counted
+ones, and the same requests are built for every mode (seeded).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import re
+import statistics
+import subprocess
+import sys
 import time
 
 from memd.node import Node
@@ -42,7 +49,38 @@ def requests(load: str, n: int, seed: int = 1) -> list[bytes]:
     return out
 
 
+def instructions(root: str, load: str, n: int, mode: str, seed: int) -> int:
+    """Instructions callgrind counts for one in-process run from checkout ``root``."""
+    env = dict(os.environ, PYTHONPATH=root, PYTHONHASHSEED=str(seed))
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                          sys.executable, os.path.abspath(__file__), load, str(n), mode],
+                         cwd=root, env=env, capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Collected : (\d+)", out).group(1))
+
+
+def callgrind(load: str, n: int, baseline: str | None, seeds: int) -> None:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    variants = [("on", here, "on"), ("off", here, "off")]
+    if baseline:
+        variants.append(("no hook", baseline, "none"))
+    for name, root, mode in variants:
+        per_request = [(instructions(root, load, n, mode, seed) -
+                        instructions(root, load, 0, mode, seed)) / n for seed in range(seeds)]
+        print(f"{load} {name:>8}: {statistics.median(per_request):10.0f} instructions/request"
+              f"  (per seed: {', '.join(f'{x:.0f}' for x in per_request)})", flush=True)
+
+
 def main(argv=None) -> None:
+    if argv is None and "--callgrind" in sys.argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--callgrind", action="store_true")
+        ap.add_argument("load", choices=("c50", "mget100"))
+        ap.add_argument("n", type=int)
+        ap.add_argument("--baseline")
+        ap.add_argument("--seeds", type=int, default=3)
+        a = ap.parse_args()
+        callgrind(a.load, a.n, a.baseline, a.seeds)
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("load", choices=("c50", "mget100"))
     ap.add_argument("n", type=int)

@@ -148,29 +148,33 @@ def fleet_total(per_node: dict[str, dict]) -> dict[str, str]:
 
 
 def fleet_stats_table(per_node: dict[str, dict], title: str | None = None) -> Table:
-    """One row per stat: the fleet total, then one column per node."""
+    """One row per stat: the fleet total, then one column per node.  Cells show a
+    value with a unit in its unit form (64.0 MiB, 2h 5m) so that four columns fit
+    in 80; ``--json`` has the exact figures."""
     total = fleet_total(per_node)
     table = Table(title=title, show_edge=False, header_style="bold")
-    table.add_column("stat", style=STYLE_KEY)
+    table.add_column("stat", style=STYLE_KEY, no_wrap=True)
     table.add_column("total", justify="right", style="bold")
     for node in per_node:
         table.add_column(node, justify="right")
     for name in total:
-        row = [name, _with_unit(name, total[name])]
-        row += [_with_unit(name, s.get(name, "")) for s in per_node.values()]
-        table.add_row(*row)
+        table.add_row(name, _cell(name, total[name]),
+                      *(_cell(name, s.get(name, "")) for s in per_node.values()))
     for name, hits, misses in RATIOS:
-        cells = [fmt_ratio(number(total.get(hits)) or 0, number(total.get(misses)) or 0)]
-        cells += [fmt_ratio(number(s.get(hits)) or 0, number(s.get(misses)) or 0)
-                  for s in per_node.values()]
-        if hits in total:
-            table.add_row(name, *cells, style="bold")
+        h, m = number(total.get(hits)), number(total.get(misses))
+        if h is None or m is None or not (h + m or name == "get_hit_ratio"):
+            continue
+        cells = [fmt_ratio(h, m)] + [fmt_ratio(number(s.get(hits)) or 0, number(s.get(misses)) or 0)
+                                     for s in per_node.values()]
+        table.add_row(name, *cells, style="bold")
     return table
 
 
-def _with_unit(name: str, value) -> str:
-    unit = readable(name, value)
-    return f"{value} ({unit})" if unit and name.rsplit(":", 1)[-1] != "time" else str(value)
+def _cell(name: str, value) -> str:
+    field = name.rsplit(":", 1)[-1]
+    if field == "time" or field.startswith("rusage_"):
+        return str(value)
+    return readable(name, value) or str(value)
 
 
 def per_class(stats: dict) -> tuple[dict[str, dict[str, str]], dict[str, str]]:

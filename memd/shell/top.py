@@ -133,6 +133,10 @@ class TopModel:
         self._pool.shutdown(wait=False)
 
 
+def _short_bytes(n: float) -> str:
+    return fmt_bytes(n).replace(" KiB", "K").replace(" MiB", "M").replace(" GiB", "G").replace(" B", "B")
+
+
 def _node_lines(v: NodeView, width: int) -> tuple[Text, Text, Text]:
     name = v.address[:21].ljust(21)
     if not v.up:
@@ -142,7 +146,7 @@ def _node_lines(v: NodeView, width: int) -> tuple[Text, Text, Text]:
     s = v.stats
     ratio = v.hit_ratio()
     used, limit = number(s.get("bytes")) or 0, number(s.get("limit_maxbytes")) or 0
-    mem = f"{fmt_bytes(used)}/{fmt_bytes(limit)}" if limit else fmt_bytes(used)
+    mem = f"{_short_bytes(used)}/{_short_bytes(limit)}" if limit else _short_bytes(used)
     row = Text(name, style="bold")
     row.append(f"{fmt_count(v.rates['cmd_get']) if v.rates else '-':>7}")
     row.append(f"{fmt_count(v.rates['cmd_set']) if v.rates else '-':>7}")
