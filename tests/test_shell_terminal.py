@@ -13,7 +13,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -151,16 +150,6 @@ def test_in_a_fleet_the_prompt_shows_the_node_that_owns_the_key_being_typed(pane
         pane.wait_text(f"user:42 → {owner}")
 
 
-def _load(address, stop: threading.Event, seconds: float = 60.0) -> None:
-    client = Client(address, connect_timeout=2, timeout=2)
-    client.set("load:k", b"v")
-    deadline = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < deadline:
-        client.get_many([f"load:k{i % 7}" for i in range(20)])
-        client.get("load:k")
-    client.close()
-
-
 def _get_rate(screen: str, addr: str) -> float | None:
     for line in screen.splitlines():
         if line.startswith(addr):
@@ -180,18 +169,21 @@ def test_top_shows_a_nodes_ops_rising_under_load_and_leaves_the_terminal_clean(
     idle = pane.wait_for(lambda s: _get_rate(s, addr) is not None, "a first rate")
     assert _get_rate(idle, addr) < 50            # only top's own stats reach the idle node
     assert len(idle.splitlines()) <= 24
-    stop = threading.Event()
-    loader = threading.Thread(target=_load, args=(node.address, stop), daemon=True)
-    loader.start()
+    # what README shows: top watching a node while memd-bench loads it
+    bench = subprocess.Popen([sys.executable, "-m", "tools.bench", "--server", addr, "-c", "2",
+                              "--keys", "200", "--distribution", "zipf", "--duration", "60",
+                              "-q"], cwd=str(servers.REPO_ROOT), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, PYTHONPATH=str(servers.REPO_ROOT)))
     try:
         busy = pane.wait_for(lambda s: (_get_rate(s, addr) or 0) > 200, "get/s rising")
         assert "▁" in busy or "█" in busy          # the sparkline
-        assert "load:k" in pane.wait_text("hot load:k")   # the node's hottest key
+        pane.wait_for(lambda s: re.search(r"hot key:\d+ ", s), "the node's hottest keys")
         pane.keys("i")
         pane.wait_text("sort: items")
     finally:
-        stop.set()
-        loader.join(10)
+        bench.kill()
+        bench.wait(10)
     pane.keys("C-c")
     after = pane.wait_text("PROCESS-EXITED")
     assert "GET/s" not in after                    # the alternate screen is gone

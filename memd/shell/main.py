@@ -131,6 +131,8 @@ class Shell:
             self.show_nodes()
         elif word == b"where" and len(tokens) == 2:
             self.show_where(tokens[1])
+        elif word == b"watch":
+            self.watch(line)
         elif word == b"top" and len(tokens) == 1 and self.interactive:
             from .top import run_top
             run_top(self.target)
@@ -140,6 +142,35 @@ class Shell:
         else:
             for reply in self.target.request(line, data):
                 self.show(reply, tokens)
+
+    def watch(self, line: bytes) -> None:
+        """``watch``: the node streams log lines until Ctrl-C, then the connection,
+        which stays in watch mode, is dropped (the next command reconnects)."""
+        if self.target.fleet:
+            self.console.print(Text("watch streams from one node: memd-cli HOST:PORT watch ...",
+                                    style=render.STYLE_ERROR))
+            self.status = max(self.status, EXIT_REPLY_ERROR)
+            return
+        conn = self.target.conn(self.target.address)
+        conn.send(line + b"\r\n")
+        conn.sock.settimeout(None)    # a quiet node is not a dead one: wait for Ctrl-C
+        try:
+            while True:
+                got = conn.readline()
+                if not got:
+                    raise ConnectionError(f"{conn.address}: connection closed by the node")
+                text = got.rstrip(b"\r\n")
+                if self.raw:
+                    self.show(Reply(raw=got, lines=[(text, None)], node=conn.address), [b"watch"])
+                else:
+                    self.console.print(render.reply_text(Reply(lines=[(text, None)])), end="")
+                if commands.is_error_line(text):
+                    self.status = max(self.status, EXIT_REPLY_ERROR)
+                    return
+        except KeyboardInterrupt:
+            pass
+        finally:
+            conn.close()
 
     def _fail_if_error(self, reply: Reply) -> None:
         if reply.error:
