@@ -86,8 +86,11 @@ def main(argv=None) -> None:
     ap.add_argument("n", type=int)
     ap.add_argument("mode", choices=("on", "off", "none"), nargs="?", default="on",
                     help="none: the node has no hotkeys attribute (a checkout without the hook)")
-    ap.add_argument("--warm", type=int, default=2000)
+    ap.add_argument("--warm", type=int, help="requests before the counted ones "
+                    "(default 2000 single gets, 100 multi-gets)")
     args = ap.parse_args(argv)
+    if args.warm is None:
+        args.warm = 100 if args.load == "mget100" else 2000
     node = Node()
     proto = TextProtocol(node, MetaCommands(node))
     for i in range(KEYS):

@@ -42,9 +42,11 @@ class _Target:
             c.connect()
         return c
 
-    def close(self) -> None:
+    def drop_connections(self) -> None:
         for c in self.conns.values():
             c.close()
+
+    close = drop_connections
 
     def node_row(self, address: str, state: str = "live") -> dict:
         row = {"node": address, "state": state}
@@ -183,5 +185,5 @@ class Fleet(_Target):
         return self.client.hot_keys(n)
 
     def close(self) -> None:
-        super().close()
+        self.drop_connections()
         self.client.close()

@@ -413,6 +413,10 @@ def run_interactive(shell: Shell, history_path: str) -> int:
         except (ConnectFailed, ConnectionError) as exc:
             shell.console.print(Text(f"{exc} (will reconnect on the next command)",
                                      style=render.STYLE_ERROR))
+        except KeyboardInterrupt:
+            # a reply may be half read: start the next command on fresh connections
+            target.drop_connections()
+            shell.console.print(Text("(interrupted)", style=render.STYLE_DIM))
     return EXIT_OK
 
 
