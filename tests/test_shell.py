@@ -358,3 +358,15 @@ def test_mutual_tls_with_a_client_certificate(pki, mtls_node):
     assert r.returncode == 0 and r.stdout.startswith(b"VERSION 1.6.18"), r.stderr
     assert cli(addr, "--tls", "--tls-ca", pki["ca"], "-c", "version").returncode == 2
     assert cli(addr, "-c", "version").returncode == 2            # plain text to a TLS port
+
+
+def test_a_fleet_with_a_node_down_still_answers_and_exits_2(fleet):
+    down = "127.0.0.1:%d" % servers.free_port()
+    nodes = ",".join(fleet.addresses + [down])
+    listed = cli("--nodes", nodes, "--json", "-c", "nodes")
+    assert listed.returncode == 2
+    states = {n["node"]: n["state"] for n in json.loads(listed.stdout)}
+    assert states.pop(down) == "down" and set(states.values()) == {"live"}
+    version = cli("--nodes", nodes, "-c", "version")
+    assert version.returncode == 2
+    assert version.stdout.count(b"VERSION 1.6.18") == len(fleet.addresses)

@@ -75,6 +75,7 @@ class SingleNode(_Target):
         self.address = address
         self.options = options
         self.conns: dict[str, Connection] = {}
+        self.unreachable: list[str] = []
 
     @property
     def addresses(self) -> list[str]:
@@ -103,6 +104,7 @@ class Fleet(_Target):
                  replicas: int | None = None) -> None:
         self.options = options
         self.conns = {}
+        self.unreachable: list[str] = []     # errors met since the shell last looked
         kwargs = {"ring": ring, "connect_timeout": options.timeout, "timeout": options.timeout}
         ctx = options.ssl_context()
         if ctx is not None:
@@ -124,8 +126,17 @@ class Fleet(_Target):
         return self.client.servers
 
     def connect(self) -> None:
+        """Reach every member; a fleet with some nodes down is still usable
+        (they are reported), one with none reachable is not."""
+        errors = []
         for address in self.live():
-            self.conn(address)
+            try:
+                self.conn(address)
+            except ConnectionError as exc:
+                errors.append(exc)
+        if errors and len(errors) == len(self.live()):
+            raise errors[0]
+        self.unreachable.extend(str(e) for e in errors)
 
     def live(self) -> list[str]:
         states = self.client.node_states()
@@ -156,7 +167,17 @@ class Fleet(_Target):
         return [self.conn(node).request(line, data) for node in targets]
 
     def broadcast(self, line: bytes, data: bytes | None = None) -> list[Reply]:
-        return [self.conn(node).request(line, data) for node in self.live()]
+        """Every live node's reply; nodes that cannot be reached are noted in
+        ``unreachable`` rather than failing the others."""
+        replies = []
+        for node in self.live():
+            try:
+                replies.append(self.conn(node).request(line, data))
+            except ConnectionError as exc:
+                self.unreachable.append(str(exc))
+        if not replies and self.unreachable:
+            raise ConnectionError(self.unreachable.pop())
+        return replies
 
     def _split_get(self, tokens: list[bytes], keys: list[bytes]) -> Reply:
         head = tokens[:len(tokens) - len(keys)]

@@ -142,6 +142,13 @@ class Shell:
         else:
             for reply in self.target.request(line, data):
                 self.show(reply, tokens)
+        self.report_unreachable()
+
+    def report_unreachable(self) -> None:
+        """A fleet command went on without nodes it could not reach: say so (exit 2)."""
+        while self.target.unreachable:
+            self.status = EXIT_CONNECTION
+            self.console.print(Text(self.target.unreachable.pop(0), style=render.STYLE_ERROR))
 
     def watch(self, line: bytes) -> None:
         """``watch``: the node streams log lines until Ctrl-C, then the connection,
@@ -284,7 +291,7 @@ class Shell:
     def show_nodes(self) -> None:
         rows = self.target.nodes()
         if any(r["state"] != "live" for r in rows):
-            self.status = max(self.status, EXIT_REPLY_ERROR)
+            self.status = EXIT_CONNECTION
         if self.as_json:
             self.console.print_json(json.dumps(rows))
         else:
@@ -443,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONNECTION
     scripted = bool(args.command) or not sys.stdin.isatty()
     shell = Shell(target, console, raw=args.raw, as_json=args.json, interactive=not scripted)
+    shell.report_unreachable()
     try:
         if args.command:
             return run_script(shell, io.BytesIO(b"".join(c.encode() + b"\n" for c in args.command)))
