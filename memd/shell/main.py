@@ -116,6 +116,9 @@ class Shell:
         self.recent = recent if recent is not None else RecentKeys()
         self.interactive = interactive
         self.status = EXIT_OK
+        # what the shell itself has to say (unreachable nodes) goes to stderr,
+        # so that --json and --raw output stays parseable
+        self.errors = Console(stderr=True, highlight=False)
 
     # one command line (with its data block, if any)
     def run(self, line: bytes, data: bytes | None = None) -> None:
@@ -148,14 +151,14 @@ class Shell:
         """A fleet command went on without nodes it could not reach: say so (exit 2)."""
         while self.target.unreachable:
             self.status = EXIT_CONNECTION
-            self.console.print(Text(self.target.unreachable.pop(0), style=render.STYLE_ERROR))
+            self.errors.print(Text(self.target.unreachable.pop(0), style=render.STYLE_ERROR))
 
     def watch(self, line: bytes) -> None:
         """``watch``: the node streams log lines until Ctrl-C, then the connection,
         which stays in watch mode, is dropped (the next command reconnects)."""
         if self.target.fleet:
-            self.console.print(Text("watch streams from one node: memd-cli HOST:PORT watch ...",
-                                    style=render.STYLE_ERROR))
+            self.errors.print(Text("watch streams from one node: memd-cli HOST:PORT watch ...",
+                                   style=render.STYLE_ERROR))
             self.status = max(self.status, EXIT_REPLY_ERROR)
             return
         conn = self.target.conn(self.target.address)
@@ -352,7 +355,7 @@ def run_script(shell: Shell, stream) -> int:
         for line, data in script_requests(stream):
             shell.run(line, data)
     except (ConnectFailed, ConnectionError) as exc:
-        shell.console.print(Text(str(exc), style=render.STYLE_ERROR))
+        shell.errors.print(Text(str(exc), style=render.STYLE_ERROR))
         return EXIT_CONNECTION
     return shell.status
 
