@@ -34,7 +34,7 @@ import random
 import time
 
 DEFAULT_CAPACITY = 128      # counters kept; the top reported comes from these
-DEFAULT_SAMPLE = 16         # about one request in 16 is counted
+DEFAULT_SAMPLE = 32         # about one request in 32 is counted
 DEFAULT_WINDOW = 60         # seconds between halvings of every count
 GAP_TABLE = 4096
 DEFAULT_REPORT = 20         # keys `stats hotkeys` lists without an argument
@@ -75,7 +75,7 @@ class HotKeys:
         """One key requested."""
         self.skip -= 1
         if self.skip <= 0:
-            self._sample_one(key)
+            self._sample((key,), 0)
 
     def count_many(self, keys) -> None:
         """A multi-get's keys (a list) requested."""
@@ -83,9 +83,9 @@ class HotKeys:
         if skip > 0:
             self.skip = skip
         else:
-            self._sample_many(keys)
+            self._sample(keys, self.skip - 1)
 
-    # -- sampling -------------------------------------------------------------------
+    # -- sampling and space-saving ----------------------------------------------------
 
     def _gap(self) -> int:
         if not self.enabled:
@@ -93,62 +93,60 @@ class HotKeys:
         self._gap_at = i = (self._gap_at + 1) & (GAP_TABLE - 1)
         return self._gaps[i]
 
-    def _sample_one(self, key: bytes) -> None:
-        self.skip = self._gap()
-        self._decay_if_due()
-        self._add(key)
+    def _sample(self, keys, pos: int) -> None:
+        """Count ``keys[pos]`` and every key a gap further, then set the next gap.
 
-    def _sample_many(self, keys) -> None:
-        pos = self.skip - 1            # the key the current gap ends on
+        One loop with everything in locals: a sample costs what its few dict
+        and set operations cost, which is what sets the sampling rate."""
+        if self.clock() - self.window_start >= self.window:
+            self._decay_due()
+        counts, errors, by_count = self.counts, self.errors, self.by_count
+        gaps, at, capacity = self._gaps, self._gap_at, self.capacity
+        min_count = self.min_count
         n = len(keys)
-        self._decay_if_due()
+        sampled = 0
         while pos < n:
-            self._add(keys[pos])
-            pos += self._gap()
+            key = keys[pos]
+            sampled += 1
+            c = counts.get(key)
+            if c is not None:
+                bucket = by_count[c]
+                if len(bucket) == 1:
+                    del by_count[c]
+                    if c == min_count:
+                        min_count = c + 1
+                else:
+                    bucket.discard(key)
+            elif len(counts) < capacity:
+                c = 0
+                min_count = 1
+            else:
+                # take over the smallest counter: its count is this key's upper bound
+                c = min_count
+                bucket = by_count[c]
+                victim = bucket.pop()
+                del counts[victim]
+                errors.pop(victim, None)
+                if not bucket:
+                    del by_count[c]
+                    min_count = c + 1
+                errors[key] = c
+            c += 1
+            counts[key] = c
+            bucket = by_count.get(c)
+            if bucket is None:
+                by_count[c] = {key}
+            else:
+                bucket.add(key)
+            at = (at + 1) & (GAP_TABLE - 1)
+            pos += gaps[at]
+        self._gap_at = at
+        self.min_count = min_count
+        self.sampled += sampled
         self.skip = pos - n + 1
 
-    # -- space-saving ----------------------------------------------------------------
-
-    def _add(self, key: bytes) -> None:
-        self.sampled += 1
-        counts = self.counts
-        by_count = self.by_count
-        c = counts.get(key)
-        if c is not None:
-            keys = by_count[c]
-            keys.discard(key)
-            if not keys:
-                del by_count[c]
-                if c == self.min_count:
-                    self.min_count = c + 1
-            counts[key] = c + 1
-        elif len(counts) < self.capacity:
-            c = 0
-            counts[key] = 1
-            self.errors[key] = 0
-            self.min_count = 1
-        else:
-            # take over the smallest counter: its count is this key's upper bound
-            c = self.min_count
-            keys = by_count[c]
-            victim = keys.pop()
-            del counts[victim]
-            del self.errors[victim]
-            if not keys:
-                del by_count[c]
-                self.min_count = c + 1
-            counts[key] = c + 1
-            self.errors[key] = c
-        bucket = by_count.get(c + 1)
-        if bucket is None:
-            by_count[c + 1] = {key}
-        else:
-            bucket.add(key)
-
-    def _decay_if_due(self) -> None:
+    def _decay_due(self) -> None:
         now = self.clock()
-        if now - self.window_start < self.window:
-            return
         halvings = int((now - self.window_start) // self.window)
         self.window_start += halvings * self.window
         self.decay(halvings)
@@ -161,7 +159,8 @@ class HotKeys:
             c >>= halvings
             if c:
                 counts[key] = c
-                errors[key] = self.errors[key] >> halvings
+                if self.errors.get(key):
+                    errors[key] = self.errors[key] >> halvings
                 by_count.setdefault(c, set()).add(key)
         self.counts, self.errors, self.by_count = counts, errors, by_count
         self.min_count = min(by_count) if by_count else 0
