@@ -41,6 +41,8 @@ import tempfile
 import threading
 import time
 
+from tools.soak import free_port, rss_kib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["-m", "64", "-c", "200"]
 MiB = 1 << 20
@@ -50,23 +52,6 @@ FULL = dict(gets=4000, big_kib=250, hold=8.0, conns=150, declared_kib=100,
             trickle_seconds=20.0, items=1_000_000)
 QUICK = dict(gets=1000, big_kib=250, hold=3.0, conns=50, declared_kib=100,
              trickle_seconds=4.0, items=200_000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def recv_until(sock: socket.socket, end: bytes, buf: bytes = b"") -> bytes:
@@ -119,7 +104,7 @@ class Server:
         raise RuntimeError(f"{self.kind} did not listen within 15 s")
 
     def rss(self) -> int:
-        return rss_bytes(self.proc.pid)
+        return rss_kib(self.proc.pid) * 1024
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -255,18 +240,24 @@ class Bystander(threading.Thread):
                 "max_ms": times[-1] * 1e3}
 
 
-# -- (a) unread pipelined gets ---------------------------------------------------------------
-
-
-def unread_gets(server: Server, a) -> dict:
-    big = b"b" * (a.big_kib * 1024)
-    server.command(b"set big 0 0 %d\r\n%s\r\n" % (len(big), big))
+def watch(server: Server) -> tuple[int, Sampler, Bystander]:
+    """The node's RSS once settled, then its RSS sampler and a bystander, both running."""
     time.sleep(0.3)
     base = server.rss()
     sampler = Sampler(server)
     sampler.start()
     bystander = Bystander(server)
     bystander.start()
+    return base, sampler, bystander
+
+
+# -- (a) unread pipelined gets ---------------------------------------------------------------
+
+
+def unread_gets(server: Server, a) -> dict:
+    big = b"b" * (a.big_kib * 1024)
+    server.command(b"set big 0 0 %d\r\n%s\r\n" % (len(big), big))
+    base, sampler, bystander = watch(server)
     time.sleep(0.3)
     flood = socket.create_connection(server.addr, timeout=a.hold)
     capped = False
@@ -393,12 +384,7 @@ def metadump(server: Server, a) -> dict:
     out = {"items_stored": a.items, "items_held": held, "fill_s": took}
 
     # a dump nobody reads (first, so its RSS is not hidden by memory a read dump freed)
-    time.sleep(0.3)
-    base = server.rss()
-    sampler = Sampler(server)
-    sampler.start()
-    bystander = Bystander(server)
-    bystander.start()
+    base, sampler, bystander = watch(server)
     with socket.create_connection(server.addr, timeout=10) as s:
         s.sendall(b"lru_crawler metadump all\r\n")
         time.sleep(a.hold)
