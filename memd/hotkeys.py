@@ -239,6 +239,16 @@ def parse_stats(stats: dict) -> list[tuple[bytes, int]]:
     return out
 
 
+def merge(lists, n: int) -> list[tuple[bytes, int]]:
+    """Several nodes' (key, count) lists as one: a key's counts summed over the
+    nodes that serve it (replicas, or a key that moved), hottest first."""
+    merged: dict[bytes, int] = {}
+    for pairs in lists:
+        for key, count in pairs:
+            merged[key] = merged.get(key, 0) + count
+    return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
 def reply(hot: HotKeys, args) -> bytes:
     """The reply to ``stats hotkeys [N|on|off]`` (``args`` are the tokens after it)."""
     from .stats import render        # memd.stats imports the store, which imports us

@@ -204,3 +204,11 @@ def test_cluster_client_merges_the_nodes_hot_keys_and_finds_a_zipf_loads_hottest
     assert result["recall"] >= 0.7
     counts = [c for _, c in result["found"]]
     assert counts == sorted(counts, reverse=True)
+
+
+def test_merging_nodes_lists_sums_a_keys_counts_and_keeps_the_top():
+    from memd.hotkeys import merge
+    a = [(b"x", 50), (b"y", 40), (b"z", 5)]
+    b = [(b"y", 30), (b"w", 45)]
+    assert merge([a, b], 3) == [(b"y", 70), (b"x", 50), (b"w", 45)]
+    assert merge([], 3) == []

@@ -370,3 +370,20 @@ def test_a_fleet_with_a_node_down_still_answers_and_exits_2(fleet):
     version = cli("--nodes", nodes, "-c", "version")
     assert version.returncode == 2
     assert version.stdout.count(b"VERSION 1.6.18") == len(fleet.addresses)
+
+
+def test_fleet_stats_hotkeys_merges_the_nodes_lists(fleet):
+    from pymemcache.client.base import Client
+    from memd.cluster.client import ClusterClient
+    with ClusterClient(fleet.addresses) as cluster:
+        cluster.set("shell:hot", b"1")
+        owner = cluster.node_for("shell:hot")
+    host, port = owner.split(":")
+    c = Client((host, int(port)))
+    for _ in range(40):
+        c.get_many(["shell:hot"] * 100)    # 4,000 lookups: ~125 of them sampled
+    c.close()
+    r = cli("--nodes", ",".join(fleet.addresses), "--json", "-c", "stats hotkeys")
+    assert r.returncode == 0, r.stderr
+    hot = json.loads(r.stdout)
+    assert hot[0]["key"] == "shell:hot" and hot[0]["requests"] > 1000

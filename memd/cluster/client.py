@@ -405,14 +405,10 @@ class ClusterClient:
         counts summed over the nodes that serve it (replicas, or a key that
         moved).  Nodes that do not report hot keys (memcached) add nothing."""
         from memd import hotkeys
-        merged: dict[bytes, int] = {}
         # ask each node for more than n: a key just below a node's top n may
         # still make the fleet's top n once summed with its other owners
-        for reply in self._each_node("stats", "hotkeys", str(2 * n)).values():
-            if isinstance(reply, dict):
-                for key, count in hotkeys.parse_stats(reply):
-                    merged[key] = merged.get(key, 0) + count
-        return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        replies = self._each_node("stats", "hotkeys", str(2 * n)).values()
+        return hotkeys.merge((hotkeys.parse_stats(r) for r in replies if isinstance(r, dict)), n)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -203,7 +203,13 @@ class Fleet(_Target):
         return [self.node_row(a, states.get(a, "live")) for a in self.addresses]
 
     def hot_keys(self, n: int = 20) -> list[tuple[bytes, int]]:
-        return self.client.hot_keys(n)
+        """ClusterClient.hot_keys over the shell's own connections, which carry
+        its login and TLS settings."""
+        from .. import hotkeys
+        from .render import parse_stat_lines
+        replies = self.broadcast(b"stats hotkeys %d" % (2 * n))
+        return hotkeys.merge((hotkeys.parse_stats(parse_stat_lines(r)) for r in replies
+                              if not r.error), n)
 
     def close(self) -> None:
         self.drop_connections()
