@@ -64,7 +64,10 @@ class HotKeys:
         self.sampled = 0                       # requests that reached the sketch
         self.counts: dict[bytes, int] = {}     # key -> count (sampled requests)
         self.errors: dict[bytes, int] = {}     # key -> how much of its count may be borrowed
-        self.by_count: dict[int, set] = {}     # count -> keys with that count
+        # count -> the keys with that count, as a dict used as an ordered set:
+        # a dict of bytes -> None is never tracked by the cyclic GC, a set always
+        # is, and sets made and dropped per sample made the collector run more
+        self.by_count: dict[int, dict] = {}
         self.min_count = 0
         self.window_start = clock()
         self.skip = self._gap()                # requests left until the next sample
@@ -116,7 +119,7 @@ class HotKeys:
                     if c == min_count:
                         min_count = c + 1
                 else:
-                    bucket.discard(key)
+                    del bucket[key]
             elif len(counts) < capacity:
                 c = 0
                 min_count = 1
@@ -124,7 +127,7 @@ class HotKeys:
                 # take over the smallest counter: its count is this key's upper bound
                 c = min_count
                 bucket = by_count[c]
-                victim = bucket.pop()
+                victim = bucket.popitem()[0]
                 del counts[victim]
                 errors.pop(victim, None)
                 if not bucket:
@@ -135,9 +138,9 @@ class HotKeys:
             counts[key] = c
             bucket = by_count.get(c)
             if bucket is None:
-                by_count[c] = {key}
+                by_count[c] = {key: None}
             else:
-                bucket.add(key)
+                bucket[key] = None
             at = (at + 1) & (GAP_TABLE - 1)
             pos += gaps[at]
         self._gap_at = at
@@ -154,14 +157,14 @@ class HotKeys:
     def decay(self, halvings: int = 1) -> None:
         """Halve every count ``halvings`` times; counters that reach 0 are freed."""
         counts, errors = {}, {}
-        by_count: dict[int, set] = {}
+        by_count: dict[int, dict] = {}
         for key, c in self.counts.items():
             c >>= halvings
             if c:
                 counts[key] = c
                 if self.errors.get(key):
                     errors[key] = self.errors[key] >> halvings
-                by_count.setdefault(c, set()).add(key)
+                by_count.setdefault(c, {})[key] = None
         self.counts, self.errors, self.by_count = counts, errors, by_count
         self.min_count = min(by_count) if by_count else 0
 
