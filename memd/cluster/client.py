@@ -430,7 +430,10 @@ class ClusterClient:
         """(nodes a write goes to, nodes that may hold the key but will not get it)."""
         targets = view.serving(kb)
         if not targets:
-            return [], []
+            # failover="miss" with every owner down: nothing is written, but
+            # a delete answered False looks like "was not there", so the
+            # owners are invalidated for the key when they return.
+            return [], view.home(kb)
         for p in view.previous(kb):
             if p not in targets:
                 targets.append(p)
@@ -665,10 +668,10 @@ class ClusterClient:
         with self._locks.hold((kb,)):
             view = self._view
             targets, missed = self._targets(kb, view)
-            if not targets:
-                return self._no_nodes(default) if not len(view.ring) else default
             for node in missed:
                 self._journal.mark(node, kb)
+            if not targets:
+                return self._no_nodes(default) if not len(view.ring) else default
             if conditional:
                 for node in targets:
                     if self._journal.is_suspect(node, kb):
@@ -721,10 +724,10 @@ class ClusterClient:
         with self._locks.hold((kb,)):
             view = self._view
             targets, missed = self._targets(kb, view)
-            if not targets:
-                return self._no_nodes(default) if not len(view.ring) else default
             for node in missed:
                 self._journal.mark(node, kb)
+            if not targets:
+                return self._no_nodes(default) if not len(view.ring) else default
             error = None
             for i, node in enumerate(targets):
                 try:
@@ -827,9 +830,8 @@ class ClusterClient:
             for k in keys:
                 targets, missed = self._targets(kbs[k], view)
                 plans[k] = targets
-                if targets:
-                    for node in missed:
-                        self._journal.mark(node, kbs[k])
+                for node in missed:
+                    self._journal.mark(node, kbs[k])
                 for node in targets:
                     groups.setdefault(node, []).append(k)
             results = self._fan_out(
