@@ -69,6 +69,7 @@ class Load:
         self.names = [f"{self.prefix}:{i}" for i in range(self.keys)]
         # Per key: (version, deleted?) of the last acknowledged write.
         self.acked: dict[str, tuple[int, bool]] = {}
+        self.issued: dict[str, tuple[int, bool]] = {}  # last write sent, acknowledged or not
         self._next = [1] * self.keys
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -84,10 +85,12 @@ class Load:
         return [k for k, (_v, deleted) in self.acked.items() if not deleted]
 
     # -- checking -----------------------------------------------------------
-    def check(self, name: str, before: tuple[int, bool] | None, got: Any, c: Counts) -> None:
+    def check(self, name: str, before: tuple[int, bool] | None, got: Any, c: Counts,
+              quiet: bool = True) -> None:
+        """``quiet``: no write of the key was in flight at any time during the read."""
         c.reads += 1
         if got is None:
-            if before is not None and not before[1]:
+            if before is not None and not before[1] and quiet:
                 c.misses += 1
             return
         text = got.decode() if isinstance(got, bytes) else str(got)
@@ -105,15 +108,17 @@ class Load:
             c.hits += 1
 
     def read(self, name: str, c: Counts) -> None:
-        before = self.acked.get(name)
+        issued, before = self.issued.get(name), self.acked.get(name)
         try:
             got = self.client.get(name)
         except Exception:
             c.errors += 1
             return
-        self.check(name, before, got, c)
+        # A delete in flight may answer the read with nothing: not a miss.
+        self.check(name, before, got, c, quiet=issued == before == self.issued.get(name))
 
     def read_many(self, names: list[str], c: Counts) -> None:
+        issued = {n: self.issued.get(n) for n in names}
         before = {n: self.acked.get(n) for n in names}
         try:
             got = self.client.get_many(names)
@@ -121,11 +126,13 @@ class Load:
             c.errors += 1
             return
         for n in names:
-            self.check(n, before[n], got.get(n), c)
+            self.check(n, before[n], got.get(n), c,
+                       quiet=issued[n] == before[n] == self.issued.get(n))
 
     def _write(self, i: int, name: str, c: Counts, delete: bool) -> None:
         version = self._next[i]
         self._next[i] += 1
+        self.issued[name] = (version, delete)
         c.writes += 1
         try:
             if delete:
