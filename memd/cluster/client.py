@@ -354,8 +354,15 @@ class ClusterClient:
             health = self._health.get(node)
             if health is None:
                 return
+            # Pooled sockets to the process that died would each fail once
+            # and mark the node dead again: start with a fresh pool.
+            stale = self._clients[node]
+            host, port = discovery.split_address(node)
+            self._clients = {**self._clients,
+                             node: PooledClient((host, port), **self._client_kwargs)}
             health.failures, health.dead_until = 0, None
             self._rebuild_view_locked()
+        stale.close()
         log.info("node %s is back", node)
 
     def _probe(self, node: str) -> bool:
