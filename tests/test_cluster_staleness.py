@@ -6,18 +6,22 @@ Every value a load reads is checked against what was acknowledged before
 the read (tools/fleetload.py).
 """
 
+import json
 import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from pymemcache.client.base import Client
 
 from memd.cluster.client import NODE_ERRORS, ClusterClient
 from tools import faults
-from tools.fleet import LocalFleet, rolling_restart
+from tools.fleet import LocalFleet, free_port, memd_available, rolling_restart
 from tools.fleetload import Load
 
 needs_memcached = pytest.mark.skipif(
@@ -354,3 +358,29 @@ def test_rolling_restart_through_snapshots_is_never_stale(replicas):
             # Every node came back warm from its snapshot.
             stats = cc.stats()
             assert all(s[b"curr_items"] > 0 for s in stats.values())
+
+
+def test_fleet_cli_rolling_restart_brings_every_node_back_warm(tmp_path):
+    if not memd_available():
+        pytest.skip("memd is not importable")
+    state = tmp_path / "state.json"
+    base = [sys.executable, "-m", "tools.fleet", "--state", str(state)]
+    hosts = [f"127.0.0.{i}" for i in (70, 71, 72)]
+    port = free_port(hosts)
+    root = Path(__file__).resolve().parent.parent
+    run = lambda *a: subprocess.run(base + list(a), cwd=root, capture_output=True, text=True,  # noqa: E731
+                                    timeout=120)
+    up = run("up", "--port", str(port), "--first-host", "70", "--backend", "memd")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        before = json.loads(state.read_text())["nodes"]
+        for n in before:
+            assert direct(f"{n['host']}:{port}").set("kept", n["name"].encode(), noreply=False)
+        rolled = run("rolling-restart", "--wait", "0")
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        after = json.loads(state.read_text())["nodes"]
+        assert all(a["pid"] != b["pid"] for a, b in zip(after, before))
+        for n in after:
+            assert direct(f"{n['host']}:{port}").get("kept") == n["name"].encode()
+    finally:
+        run("down", "--timeout", "10")

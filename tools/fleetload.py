@@ -69,7 +69,10 @@ class Load:
         self.names = [f"{self.prefix}:{i}" for i in range(self.keys)]
         # Per key: (version, deleted?) of the last acknowledged write.
         self.acked: dict[str, tuple[int, bool]] = {}
-        self.issued: dict[str, tuple[int, bool]] = {}  # last write sent, acknowledged or not
+        # Deletes sent per key, and whether one may have been applied
+        # without an acknowledgement since the last acknowledged write.
+        self.deletes: dict[str, int] = defaultdict(int)
+        self.maybe_deleted: dict[str, bool] = defaultdict(bool)
         self._next = [1] * self.keys
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -108,17 +111,20 @@ class Load:
             c.hits += 1
 
     def read(self, name: str, c: Counts) -> None:
-        issued, before = self.issued.get(name), self.acked.get(name)
+        quiet, before = self._delete_state(name), self.acked.get(name)
         try:
             got = self.client.get(name)
         except Exception:
             c.errors += 1
             return
         # A delete in flight may answer the read with nothing: not a miss.
-        self.check(name, before, got, c, quiet=issued == before == self.issued.get(name))
+        self.check(name, before, got, c, quiet=quiet == self._delete_state(name) and quiet[1])
+
+    def _delete_state(self, name: str) -> tuple[int, bool]:
+        return self.deletes[name], not self.maybe_deleted[name]
 
     def read_many(self, names: list[str], c: Counts) -> None:
-        issued = {n: self.issued.get(n) for n in names}
+        quiet = {n: self._delete_state(n) for n in names}
         before = {n: self.acked.get(n) for n in names}
         try:
             got = self.client.get_many(names)
@@ -127,12 +133,14 @@ class Load:
             return
         for n in names:
             self.check(n, before[n], got.get(n), c,
-                       quiet=issued[n] == before[n] == self.issued.get(n))
+                       quiet=quiet[n] == self._delete_state(n) and quiet[n][1])
 
     def _write(self, i: int, name: str, c: Counts, delete: bool) -> None:
         version = self._next[i]
         self._next[i] += 1
-        self.issued[name] = (version, delete)
+        if delete:
+            self.deletes[name] += 1
+            self.maybe_deleted[name] = True
         c.writes += 1
         try:
             if delete:
@@ -145,6 +153,7 @@ class Load:
             return
         if ok:
             self.acked[name] = (version, delete)
+            self.maybe_deleted[name] = False
         else:
             c.not_stored += 1
 
