@@ -24,22 +24,10 @@ from tools import faults
 from tools.fleet import LocalFleet, free_port, memd_available, rolling_restart
 from tools.fleetload import Load
 
+from test_cluster_client import direct, wait_for  # noqa: E402  (tests/ is on sys.path)
+
 needs_memcached = pytest.mark.skipif(
     shutil.which("memcached") is None, reason="memcached binary not installed (apt-get install memcached)")
-
-
-def wait_for(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def direct(address):
-    host, port = address.rsplit(":", 1)
-    return Client((host, int(port)), connect_timeout=1, timeout=1)
 
 
 def key_on(cc, node, prefix="k"):

@@ -50,11 +50,27 @@ def hash_client(fleet: LocalFleet, dead_timeout: float | None):
                       default_noreply=False)
 
 
+class SplitClient:
+    """Writes through one ClusterClient, reads through another: what two
+    independent processes see, since each keeps its own journal."""
+
+    def __init__(self, writer: Any, reader: Any) -> None:
+        self.writer, self.reader = writer, reader
+        self.set, self.delete = writer.set, writer.delete
+        self.get, self.get_many = reader.get, reader.get_many
+
+    def close(self) -> None:
+        self.writer.close()
+        self.reader.close()
+
+
 CLIENTS: dict[str, Callable[..., Any]] = {
     "memd (default)": lambda f, d: cluster_client(f, d),
     "memd failover=miss": lambda f, d: cluster_client(f, d, failover="miss"),
     "pymemcache HashClient": hash_client,
+    "memd, 2 processes": lambda f, d: SplitClient(cluster_client(f, d), cluster_client(f, d)),
 }
+DEFAULT_CLIENTS = ["memd (default)", "memd failover=miss", "pymemcache HashClient"]
 
 
 class Flapper:
@@ -140,7 +156,7 @@ def total(phases: dict[str, Counts]) -> Counts:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.faults", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=["auto", "memd", "memcached"], default="auto")
-    p.add_argument("--clients", default=",".join(CLIENTS),
+    p.add_argument("--clients", default=",".join(DEFAULT_CLIENTS),
                    help="comma-separated subset of: " + ", ".join(CLIENTS))
     p.add_argument("--dead-timeout", type=float, default=None,
                    help="clients' dead_timeout (default: each client's own, 30 s)")

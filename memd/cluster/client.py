@@ -448,6 +448,15 @@ class ClusterClient:
         missed += [n for n in self._journal.holders(kb) if n not in targets and n not in missed]
         return targets, missed
 
+    def _begin_write(self, kb: bytes, view: _View | None = None) -> tuple[_View, list[str]]:
+        """The view and targets of a write; copies it will miss are marked
+        suspect before anything is sent.  Caller holds the key lock."""
+        view = view or self._view
+        targets, missed = self._targets(kb, view)
+        for node in missed:
+            self._journal.mark(node, kb)
+        return view, targets
+
     def _read_item(self, node: str, key: Any) -> tuple[bytes, int, int] | None:
         """(value, flags, expire) of a key on one node, for copying it."""
         kb = key_bytes(key)
@@ -673,10 +682,7 @@ class ClusterClient:
         """
         kb = key_bytes(key)
         with self._locks.hold((kb,)):
-            view = self._view
-            targets, missed = self._targets(kb, view)
-            for node in missed:
-                self._journal.mark(node, kb)
+            view, targets = self._begin_write(kb)
             if not targets:
                 return self._no_nodes(default) if not len(view.ring) else default
             if conditional:
@@ -729,10 +735,7 @@ class ClusterClient:
         target that answers, then copied to the other targets."""
         kb = key_bytes(key)
         with self._locks.hold((kb,)):
-            view = self._view
-            targets, missed = self._targets(kb, view)
-            for node in missed:
-                self._journal.mark(node, kb)
+            view, targets = self._begin_write(kb)
             if not targets:
                 return self._no_nodes(default) if not len(view.ring) else default
             error = None
@@ -835,10 +838,8 @@ class ClusterClient:
             groups: dict[str, list[Any]] = {}
             plans = {}
             for k in keys:
-                targets, missed = self._targets(kbs[k], view)
+                _view, targets = self._begin_write(kbs[k], view)
                 plans[k] = targets
-                for node in missed:
-                    self._journal.mark(node, kbs[k])
                 for node in targets:
                     groups.setdefault(node, []).append(k)
             results = self._fan_out(
