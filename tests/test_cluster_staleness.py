@@ -144,7 +144,7 @@ def test_fault_sequence_default_client_is_never_stale_and_misses_less_than_failo
     for name in ("memd (default)", "memd failover=miss"):
         runs[name] = faults.run_one(
             faults.CLIENTS[name], backend="memcached", scale=0.4, dead_timeout=0.5,
-            hang=2.0, flap=2.0, settle=1.5, keys=200, threads=3)
+            hang=2.0, flap=3.0, flap_period=1.0, settle=1.5, keys=200, threads=3)
     default = runs["memd (default)"]
     for phase, c in default.items():
         assert c.stale == 0 and c.bad == 0, (phase, c)

@@ -11,7 +11,7 @@ was acknowledged before the read) runs through the fault sequence:
 
     steady -> kill node 1 (SIGKILL) -> restart it (empty)
            -> hang node 2 (SIGSTOP 10 s) -> resume it (SIGCONT)
-           -> node 3 flaps (SIGSTOP/SIGCONT every second) -> all up
+           -> node 3 flaps (SIGSTOP 2 s, SIGCONT 2 s, for 12 s) -> all up
 
 It prints a markdown table: reads, misses, stale reads and client
 exceptions per phase.  Only 127.0.0.x is used; every node is stopped at the
@@ -97,7 +97,7 @@ class Flapper:
 
 
 def fault_steps(fleet: LocalFleet, scale: float = 1.0, hang: float = 10.0,
-                flap: float = 8.0, flap_period: float = 1.0,
+                flap: float = 12.0, flap_period: float = 2.0,
                 settle: float = 5.0) -> list[tuple[str, float, Callable[[], None] | None]]:
     """The fault sequence as (phase, seconds, action) steps for ``Load.run_phases``."""
     pid = lambda i: fleet.nodes[i].proc.pid  # noqa: E731
@@ -122,8 +122,9 @@ def fault_steps(fleet: LocalFleet, scale: float = 1.0, hang: float = 10.0,
 
 
 def run_one(make_client: Callable[..., Any], *, backend: str = "auto", scale: float = 1.0,
-            dead_timeout: float | None = None, hang: float = 10.0, flap: float = 8.0,
-            keys: int = 600, threads: int = 4, settle: float | None = None,
+            dead_timeout: float | None = None, hang: float = 10.0, flap: float = 12.0,
+            flap_period: float = 2.0, keys: int = 600, threads: int = 4,
+            settle: float | None = None,
             extra_args: list[str] | None = None) -> dict[str, Counts]:
     """One client through the whole fault sequence on a fresh fleet."""
     with LocalFleet(n=3, backend=backend, extra_args=extra_args or ["-m", "32"]) as fleet:
@@ -134,7 +135,7 @@ def run_one(make_client: Callable[..., Any], *, backend: str = "auto", scale: fl
             # The last phase lasts long enough for every dead node to be
             # probed and rejoin, so stale reads after a return are counted.
             wait = (30.0 if dead_timeout is None else dead_timeout) + 3.0
-            steps = fault_steps(fleet, scale, hang=hang, flap=flap,
+            steps = fault_steps(fleet, scale, hang=hang, flap=flap, flap_period=flap_period,
                                 settle=settle if settle is not None else wait)
             try:
                 return load.run_phases(steps)
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="clients' dead_timeout (default: each client's own, 30 s)")
     p.add_argument("--scale", type=float, default=1.0, help="stretch the short phases")
     p.add_argument("--hang", type=float, default=10.0)
-    p.add_argument("--flap", type=float, default=8.0)
+    p.add_argument("--flap", type=float, default=12.0, help="seconds of flapping")
+    p.add_argument("--flap-period", type=float, default=2.0, help="seconds stopped, then running")
     p.add_argument("--keys", type=int, default=600)
     p.add_argument("--threads", type=int, default=4)
     args = p.parse_args(argv)
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         phases = run_one(CLIENTS[name], backend=args.backend, scale=args.scale,
                          dead_timeout=args.dead_timeout, hang=args.hang, flap=args.flap,
+                         flap_period=args.flap_period,
                          keys=args.keys, threads=args.threads)
         phases["total"] = total(phases)
         rows[name] = phases

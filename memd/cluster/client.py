@@ -17,8 +17,9 @@ with fallback down the list.
 Failure handling:
 
 - A node that fails ``failure_limit`` calls in a row (connection refused,
-  reset, timeout) is marked dead; a background thread probes it every
-  ``dead_timeout`` seconds with ``version`` and puts it back when it answers.
+  reset, timeout) is marked dead; a background thread probes it with
+  ``version`` after 1 s, then at doubling intervals up to ``dead_timeout``,
+  and puts it back when it answers.
 - With ``ignore_exc=True`` no exception escapes: reads become misses,
   writes return False / report failed keys.
 
@@ -84,12 +85,20 @@ class _RawSerde:
         return value, flags
 
 
+#: First probe of a dead node after this many seconds; the interval doubles
+#: up to ``dead_timeout`` while probes fail.
+FIRST_PROBE = 1.0
+
+
 class _Health:
-    __slots__ = ("failures", "dead_until")
+    __slots__ = ("failures", "dead_until", "backoff", "deaths", "revived_at")
 
     def __init__(self) -> None:
         self.failures = 0
         self.dead_until: float | None = None
+        self.backoff = 0.0
+        self.deaths = 0        # deaths in a row, each within dead_timeout of a return
+        self.revived_at = float("-inf")
 
 
 class _View:
@@ -337,7 +346,14 @@ class ClusterClient:
                 return
             health.failures += 1
             if health.failures >= self.failure_limit:
-                health.dead_until = time.monotonic() + self.dead_timeout
+                # Probe soon, then less and less often; a node that flaps
+                # (dies again soon after returning) starts further up.
+                now = time.monotonic()
+                flapping = now - health.revived_at < self.dead_timeout
+                health.deaths = health.deaths + 1 if flapping else 1
+                health.backoff = min(self.dead_timeout,
+                                     FIRST_PROBE * 2 ** (health.deaths - 1))
+                health.dead_until = now + health.backoff
                 log.warning("node %s marked dead after %d failures", node, health.failures)
                 self._rebuild_view_locked()
 
@@ -361,6 +377,7 @@ class ClusterClient:
             self._clients = {**self._clients,
                              node: PooledClient((host, port), **self._client_kwargs)}
             health.failures, health.dead_until = 0, None
+            health.revived_at = time.monotonic()
             self._rebuild_view_locked()
         stale.close()
         log.info("node %s is back", node)
@@ -375,7 +392,7 @@ class ClusterClient:
             return False
 
     def _maintain(self) -> None:
-        tick = max(0.05, min(0.5, self.dead_timeout / 2, self.poll_interval / 2))
+        tick = max(0.05, min(0.5, self.dead_timeout / 2, FIRST_PROBE / 2, self.poll_interval / 2))
         while not self._stop.wait(tick):
             now = time.monotonic()
             for node, health in list(self._health.items()):
@@ -383,7 +400,8 @@ class ClusterClient:
                     if self._probe(node):
                         self._revive(node)
                     else:
-                        health.dead_until = time.monotonic() + self.dead_timeout
+                        health.backoff = min(self.dead_timeout, health.backoff * 2)
+                        health.dead_until = time.monotonic() + health.backoff
             if self._prev_ring is not None and now >= self._window_until:
                 self._end_window()
             if not self._journal.empty:
