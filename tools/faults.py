@@ -68,7 +68,7 @@ CLIENTS: dict[str, Callable[..., Any]] = {
     "memd (default)": lambda f, d: cluster_client(f, d),
     "memd failover=miss": lambda f, d: cluster_client(f, d, failover="miss"),
     "pymemcache HashClient": hash_client,
-    "memd, 2 processes": lambda f, d: SplitClient(cluster_client(f, d), cluster_client(f, d)),
+    "memd, two processes": lambda f, d: SplitClient(cluster_client(f, d), cluster_client(f, d)),
 }
 DEFAULT_CLIENTS = ["memd (default)", "memd failover=miss", "pymemcache HashClient"]
 
@@ -157,8 +157,8 @@ def total(phases: dict[str, Counts]) -> Counts:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.faults", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=["auto", "memd", "memcached"], default="auto")
-    p.add_argument("--clients", default=",".join(DEFAULT_CLIENTS),
-                   help="comma-separated subset of: " + ", ".join(CLIENTS))
+    p.add_argument("--clients", default=";".join(DEFAULT_CLIENTS),
+                   help="';'-separated subset of: " + "; ".join(CLIENTS))
     p.add_argument("--dead-timeout", type=float, default=None,
                    help="clients' dead_timeout (default: each client's own, 30 s)")
     p.add_argument("--scale", type=float, default=1.0, help="stretch the short phases")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=4)
     args = p.parse_args(argv)
     rows = {}
-    for name in args.clients.split(","):
+    for name in args.clients.split(";"):
         name = name.strip()
         print(f"running {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()

@@ -67,6 +67,9 @@ RINGS: dict[str, Callable[[], Any]] = {"xxhash": HashRing, "ketama": KetamaRing}
 #: Suspect keys settled per node per maintenance tick.
 SETTLE_BATCH = 512
 
+#: memcached treats a larger expiry as an absolute Unix time.
+MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
+
 
 class NoLiveNodes(MemcacheError):
     """Every node of the cluster is dead or none is known."""
@@ -214,6 +217,7 @@ class ClusterClient:
         self._max_workers = max_workers
         self._executor: ThreadPoolExecutor | None = None
         self._journal = Journal(journal_limit)
+        self._held_cursor = 0
         self._locks = KeyLocks()
 
         # Copy-on-write maps and an immutable view: readers on any thread use
@@ -484,18 +488,24 @@ class ClusterClient:
         got = self._call(node, "get", key)
         if got is None:
             return None
-        return got[0], got[1], 0 if ttl < 0 else max(1, ttl)
+        if ttl < 0:
+            return got[0], got[1], 0
+        # memcached reads an expiry over 30 days as a Unix time.
+        return got[0], got[1], max(1, ttl) if ttl <= MAX_RELATIVE_TTL else int(time.time()) + ttl
 
     def _settle(self, node: str, key: Any, kb: bytes, view: _View) -> None:
         """Make ``node``'s copy of a key fresh or absent; caller holds the key lock."""
         if node in view.serving(kb) or node in view.previous(kb):
             item = None
             for source in self._readable(kb, view, exclude=node):
+                # Readable copies are fresh or absent: one that lost the key
+                # (evicted, restarted) yields to the next.
                 try:
                     item = self._read_item(source, key)
-                    break
                 except NODE_ERRORS:
                     continue
+                if item is not None:
+                    break
             if item is not None:
                 self._call(node, "set", key, item[0], item[2], False, item[1])
             else:
@@ -510,7 +520,15 @@ class ClusterClient:
         view, journal = self._view, self._journal
         for node in list(view.live):
             if node in journal.overflowed:
-                continue  # flushed when it comes back, not key by key
+                # Too many suspect keys to list: the node is not read until
+                # it has been flushed.
+                before = journal.snapshot(node)
+                try:
+                    self._call(node, "flush_all", 0, False)
+                except (*NODE_ERRORS, MemcacheError):
+                    continue
+                journal.flushed(node, before)
+                continue
             for kb in journal.pending(node, SETTLE_BATCH):
                 try:
                     with self._locks.hold((kb,)):
@@ -518,7 +536,9 @@ class ClusterClient:
                             self._settle(node, kb, kb, self._view)
                 except (*NODE_ERRORS, MemcacheError):
                     break
-        for kb, node in journal.held(SETTLE_BATCH):
+        held = journal.held(self._held_cursor, SETTLE_BATCH)
+        self._held_cursor += len(held)
+        for kb, node in held:
             with self._locks.hold((kb,)):
                 view = self._view
                 if (node not in view.live or node in view.serving(kb) or node in view.previous(kb)

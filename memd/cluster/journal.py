@@ -139,11 +139,17 @@ class Journal:
             if not nodes:
                 del self._holders[key]
 
-    def held(self, limit: int) -> list[tuple[bytes, str]]:
+    def held(self, start: int, limit: int) -> list[tuple[bytes, str]]:
+        """Up to ``limit`` (key, holder) pairs from the ``start``-th key on,
+        wrapping, so that pairs that must wait do not starve the others."""
         with self._lock:
+            keys = list(self._holders)
+            if not keys:
+                return []
+            start %= len(keys)
             out = []
-            for k, nodes in self._holders.items():
-                out.extend((k, n) for n in nodes)
+            for k in keys[start:] + keys[:start]:
+                out.extend((k, n) for n in self._holders[k])
                 if len(out) >= limit:
                     break
             return out
