@@ -7,8 +7,9 @@ One run prints, each measured on a fresh local fleet (127.0.0.x) under a
 checked load (tools/fleetload.py: every value read is checked against what
 was acknowledged before the read):
 
-- ``kill``: keys written before a node is killed under load, and how many
-  of them are gone afterwards, with ``replicas=1`` and ``replicas=2``;
+- ``kill``: keys written before a node is killed under load (and not
+  rewritten after), how many of them are gone afterwards, and the load's
+  misses, stale reads and errors, with ``replicas=1`` and ``replicas=2``;
 - ``scale-out``: hit ratio over keys written before, through a 3 -> 4
   growth under read load, with and without warm-up;
 - ``rolling``: hit ratio, stale reads and client errors through
@@ -43,15 +44,19 @@ def scenario_kill(args) -> list[str]:
     for replicas in (1, 2):
         with _fleet(args) as fleet, ClusterClient(
                 fleet.addresses, replicas=replicas, dead_timeout=args.dead_timeout) as cc:
+            # Keys written before the kill and not touched by the load after
+            # it: what a lost node takes with it.
+            before = {f"before:{i}": b"v" for i in range(args.keys)}
+            if cc.set_many(before):
+                raise RuntimeError("could not write the keys before the kill")
             load = Load(cc, keys=args.keys, threads=args.threads)
             load.populate()
             counts = load.run_phases([("steady", 1.0, None),
                                       ("killed", args.seconds, lambda: fleet.kill(1))])
-            present = load.keys_acked_present()
-            got = cc.get_many(present)
-            lost = [k for k in present if k not in got]
+            got = cc.get_many(list(before))
+            lost = [k for k in before if k not in got]
             c = counts["killed"]
-            lines.append(f"| {replicas} | {len(present)} | {len(lost)} ({len(lost) / len(present):.1%}) "
+            lines.append(f"| {replicas} | {len(before)} | {len(lost)} ({len(lost) / len(before):.1%}) "
                          f"| {c.misses} | {c.stale} | {c.errors} |")
     return lines
 
