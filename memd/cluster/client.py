@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping
 
 from pymemcache.client.base import PooledClient
-from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+from pymemcache.exceptions import MemcacheClientError, MemcacheError, MemcacheUnexpectedCloseError
 from pymemcache.serde import LegacyWrappingSerde
 
 from memd.cluster import discovery
@@ -205,8 +205,11 @@ class ClusterClient:
         self.config_version: int | None = None
         self.dns_name, self.dns_port = dns_name, dns_port
         # The user's serde runs here, once; node clients carry raw bytes.
-        self._serde = client_kwargs.pop("serde", None) or LegacyWrappingSerde(
-            client_kwargs.pop("serializer", None), client_kwargs.pop("deserializer", None))
+        serde = client_kwargs.pop("serde", None)
+        serializer = client_kwargs.pop("serializer", None)
+        deserializer = client_kwargs.pop("deserializer", None)
+        self._serde = serde or LegacyWrappingSerde(serializer, deserializer)
+        self._plain = not (serde or serializer or deserializer)  # bytes in, bytes out
         # A write this client cannot see fail cannot be journaled, so writes
         # wait for the node's reply unless the caller asks otherwise.
         self._noreply = bool(client_kwargs.pop("default_noreply", False))
@@ -531,15 +534,17 @@ class ClusterClient:
                 continue
             for kb in journal.pending(node, SETTLE_BATCH):
                 try:
-                    with self._locks.hold((kb,)):
+                    with self._locks.one(kb):
                         if journal.is_suspect(node, kb):
                             self._settle(node, kb, kb, self._view)
+                except MemcacheClientError:
+                    journal.clear(node, kb)  # a key no node accepts holds no value
                 except (*NODE_ERRORS, MemcacheError):
                     break
         held = journal.held(self._held_cursor, SETTLE_BATCH)
         self._held_cursor += len(held)
         for kb, node in held:
-            with self._locks.hold((kb,)):
+            with self._locks.one(kb):
                 view = self._view
                 if (node not in view.live or node in view.serving(kb) or node in view.previous(kb)
                         or any(journal.is_suspect(h, kb) or h not in view.live for h in view.home(kb))):
@@ -592,7 +597,7 @@ class ClusterClient:
     def _warm(self, method: str, key: Any, kb: bytes) -> Any:
         """Warm-up: a miss on the new owners is looked up on the previous ones."""
         miss = None if method == "get" else (None, None)
-        with self._locks.hold((kb,)):
+        with self._locks.one(kb):
             view = self._view
             prev = [p for p in view.previous(kb) if p not in view.serving(kb)
                     and not self._journal.is_suspect(p, kb)]
@@ -628,7 +633,7 @@ class ClusterClient:
             return miss
 
     def _decode(self, key: Any, got: tuple[bytes, int]) -> Any:
-        return self._serde.deserialize(key, got[0], got[1])
+        return got[0] if self._plain else self._serde.deserialize(key, got[0], got[1])
 
     def get(self, key, default=None):
         try:
@@ -661,17 +666,22 @@ class ClusterClient:
         view = self._view
         if not len(view.ring):
             return self._no_nodes({})
-        if view.simple and self._journal.empty:
-            plans = {k: view.serving(key_bytes(k)) for k in keys}
+        simple = view.simple and self._journal.empty
+        if simple:
+            get_node = view.ring.get_node
+            first: dict[str, list[Any]] = {}
+            for k in keys:
+                first.setdefault(get_node(k), []).append(k)
+            plans = {}
         else:
             plans = {k: self._readable(key_bytes(k), view) for k in keys}
         found: dict = {}
         errors: list[Exception] = []
         answered = False
         todo = keys
-        for rnd in range(max((len(p) for p in plans.values()), default=0)):
-            groups: dict[str, list[Any]] = {}
-            for k in todo:
+        for rnd in range(1 if simple else max((len(p) for p in plans.values()), default=0)):
+            groups: dict[str, list[Any]] = first if simple else {}
+            for k in () if simple else todo:
                 if rnd < len(plans[k]):
                     groups.setdefault(plans[k][rnd], []).append(k)
             if not groups:
@@ -685,8 +695,9 @@ class ClusterClient:
                     errors.append(exc)
                 elif not self.ignore_exc:
                     raise exc
-            todo = [k for k in todo if k not in found]
-        if todo and view.warming():
+            if not simple:
+                todo = [k for k in todo if k not in found]
+        if not simple and todo and view.warming():
             for k in todo:
                 try:
                     got = self._warm("get", k, key_bytes(k))
@@ -697,6 +708,8 @@ class ClusterClient:
                     found[k] = got
         if errors and not answered and not found and not self.ignore_exc:
             raise errors[0]
+        if self._plain:
+            return {k: v[0] for k, v in found.items()}
         return {k: self._decode(k, v) for k, v in found.items()}
 
     get_multi = get_many
@@ -719,8 +732,24 @@ class ClusterClient:
         suspect for the key; stand-ins that took the write become holders.
         """
         kb = key_bytes(key)
-        with self._locks.hold((kb,)):
-            view, targets = self._begin_write(kb)
+        with self._locks.one(kb):
+            view = self._view
+            if view.simple and self._journal.empty and len(view.ring):
+                # One live owner, nothing suspect: the plain path.
+                node = view.ring.get_node(kb)
+                try:
+                    return self._call(node, method, key, *args)
+                except NODE_ERRORS:
+                    self._journal.mark(node, kb)  # it may have applied it
+                    if self.ignore_exc:
+                        return default
+                    raise
+                except MemcacheClientError:
+                    raise  # refused before anything changed (bad key, bad command)
+                except MemcacheError:
+                    self._journal.mark(node, kb)  # SERVER_ERROR: the old value stays
+                    raise
+            view, targets = self._begin_write(kb, view)
             if not targets:
                 return self._no_nodes(default) if not len(view.ring) else default
             if conditional:
@@ -742,6 +771,8 @@ class ClusterClient:
         home = view.home(kb)
         for node, (value, exc, _p) in zip(targets, results):
             if exc is not None:
+                if isinstance(exc, MemcacheClientError):
+                    raise exc  # refused before anything changed, on every target alike
                 self._journal.mark(node, kb)
                 if not isinstance(exc, NODE_ERRORS):
                     raise exc
@@ -772,7 +803,7 @@ class ClusterClient:
         """A write that must happen once (add, cas, incr, decr): on the first
         target that answers, then copied to the other targets."""
         kb = key_bytes(key)
-        with self._locks.hold((kb,)):
+        with self._locks.one(kb):
             view, targets = self._begin_write(kb)
             if not targets:
                 return self._no_nodes(default) if not len(view.ring) else default

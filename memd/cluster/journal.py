@@ -173,6 +173,10 @@ class KeyLocks:
     def _index(self, key: bytes) -> int:
         return xxhash.xxh3_64_intdigest(key, seed=7) % len(self._locks)
 
+    def one(self, key: bytes) -> threading.Lock:
+        """The lock of a single key (a plain ``with`` is cheaper than ``hold``)."""
+        return self._locks[self._index(key)]
+
     @contextmanager
     def hold(self, keys: Iterable[bytes]) -> Iterator[None]:
         # Sorted indices: two callers locking overlapping sets cannot deadlock.
