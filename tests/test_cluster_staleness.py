@@ -372,3 +372,74 @@ def test_fleet_cli_rolling_restart_brings_every_node_back_warm(tmp_path):
             assert direct(f"{n['host']}:{port}").get("kept") == n["name"].encode()
     finally:
         run("down", "--timeout", "10")
+
+
+FAKE_ENGINE = """
+import os, signal, subprocess, sys, time
+args = sys.argv[1:]
+state = os.environ["FAKE_ENGINE_DIR"]
+assert args[0] == "-f"
+verb, svc = args[2], args[-1]
+with open(os.path.join(state, "calls"), "a") as f:
+    f.write(" ".join(args[2:]) + "\\n")
+pidfile = os.path.join(state, svc + ".pid")
+if verb == "stop":
+    pid = int(open(pidfile).read())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10  # like compose stop: return once it is gone
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    if os.path.exists(pidfile):  # memcached removes it itself on a clean exit
+        os.unlink(pidfile)
+else:
+    port = open(os.path.join(state, svc + ".port")).read()
+    subprocess.run(["memcached", "-d", "-P", pidfile, "-U", "0", "-l", "127.0.0.1", "-p", port,
+                    "-u", "root", "-m", "8"], check=True)
+    deadline = time.monotonic() + 10  # the daemon writes its pid file after forking
+    while not (os.path.exists(pidfile) and open(pidfile).read().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+"""
+
+
+@needs_memcached
+def test_compose_rolling_restart_stops_and_starts_each_service_in_turn(tmp_path):
+    ports = {"memd1": free_port(["127.0.0.1"]), "memd2": free_port(["127.0.0.1"])}
+    compose = tmp_path / "compose.yml"
+    compose.write_text("services:\n" + "".join(
+        f"  {svc}:\n    image: memd\n    ports: [\"{port}:11211\"]\n" for svc, port in ports.items()))
+    engine = tmp_path / "engine.py"
+    engine.write_text(FAKE_ENGINE)
+    env = dict(os.environ, FAKE_ENGINE_DIR=str(tmp_path))
+    pids = {}
+    try:
+        for svc, port in ports.items():
+            (tmp_path / f"{svc}.port").write_text(str(port))
+            subprocess.run([sys.executable, str(engine), "-f", str(compose), "start", svc],
+                           env=env, check=True)
+            pids[svc] = (tmp_path / f"{svc}.pid").read_text()
+        (tmp_path / "calls").unlink()
+        root = Path(__file__).resolve().parent.parent
+        done = subprocess.run(
+            [sys.executable, "-m", "tools.fleet", "rolling-restart", "--compose", str(compose),
+             "--engine", f"{sys.executable} {engine}", "--wait", "0", "--timeout", "5"],
+            cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (tmp_path / "calls").read_text().splitlines() == [
+            "stop -t 5 memd1", "start memd1", "stop -t 5 memd2", "start memd2"]
+        for svc, port in ports.items():
+            assert (tmp_path / f"{svc}.pid").read_text() not in ("", pids[svc])
+            assert direct(f"127.0.0.1:{port}").set("k", b"v", noreply=False)
+    finally:
+        for svc in ports:
+            pidfile = tmp_path / f"{svc}.pid"
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass

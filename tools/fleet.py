@@ -3,6 +3,7 @@
     python -m tools.fleet up       # start every service of docker-compose.yml
     python -m tools.fleet status
     python -m tools.fleet rolling-restart   # one node at a time: snapshot, warm start
+    python -m tools.fleet rolling-restart --compose docker-compose.yml --engine podman-compose
     python -m tools.fleet down     # SIGTERM, wait, SIGKILL after --timeout
 
 Each service gets its own address (127.0.0.2, 127.0.0.3, ...) and keeps the
@@ -431,6 +432,47 @@ def _parse_compose_minimal(text: str) -> dict[str, list[str]]:
     return services
 
 
+def compose_published_ports(path: Path) -> dict[str, int]:
+    """Service name -> the host port published for its container port (PyYAML)."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    out = {}
+    for name, svc in (doc.get("services") or {}).items():
+        for entry in (svc or {}).get("ports") or []:
+            # "HOST:CONTAINER" or "IP:HOST:CONTAINER"; the first one wins.
+            parts = str(entry).split("/")[0].split(":")
+            if len(parts) >= 2:
+                out[name] = int(parts[-2])
+                break
+    return out
+
+
+def compose_rolling_restart(path: Path, engine: list[str], host: str = "127.0.0.1",
+                            wait: float = 0.0, stop_timeout: int = 60,
+                            startup: float = 60.0) -> list[tuple[str, float]]:
+    """Restart a compose fleet's services one at a time: ``stop -t`` (memd
+    writes its snapshot on SIGTERM), ``start``, wait for the published port
+    to answer, then ``wait`` more seconds.  ``engine`` is e.g.
+    ``["docker", "compose"]`` or ``["podman-compose"]``."""
+    done = []
+    for name, port in compose_published_ports(path).items():
+        started = time.monotonic()
+        base = [*engine, "-f", str(path)]
+        subprocess.run([*base, "stop", "-t", str(stop_timeout), name], check=True,
+                       timeout=stop_timeout + 30)
+        subprocess.run([*base, "start", name], check=True, timeout=120)
+        deadline = time.monotonic() + startup
+        while not ping(host, port, timeout=0.2):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} does not answer on {host}:{port}")
+            time.sleep(0.1)
+        done.append((name, time.monotonic() - started))
+        print(f"{name:10} back in {done[-1][1]:.2f} s", flush=True)
+        time.sleep(wait)
+    return done
+
+
 def strip_own_flags(args: list[str]) -> list[str]:
     out, skip = [], False
     for a in args:
@@ -521,6 +563,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rolling_restart(args: argparse.Namespace) -> int:
+    if args.compose:
+        compose_rolling_restart(Path(args.compose), args.engine.split(), host=args.host,
+                                wait=args.wait, stop_timeout=int(args.timeout),
+                                startup=args.startup_timeout)
+        return 0
     state_path = Path(args.state)
     if not state_path.exists():
         print("fleet is down", file=sys.stderr)
@@ -557,6 +604,11 @@ def main(argv: list[str] | None = None) -> int:
                          "clients' dead_timeout (30 s by default) so they have put it back")
     rr.add_argument("--timeout", type=float, default=60.0, help="graceful stop limit (snapshot write)")
     rr.add_argument("--startup-timeout", type=float, default=60.0, help="snapshot load limit")
+    rr.add_argument("--compose", metavar="FILE",
+                    help="restart the services of a running compose fleet instead of a local one")
+    rr.add_argument("--engine", default="docker compose",
+                    help="compose command (default 'docker compose'; e.g. podman-compose)")
+    rr.add_argument("--host", default="127.0.0.1", help="where the published ports answer")
     down = sub.add_parser("down", help="stop the fleet (SIGTERM, then SIGKILL)")
     down.add_argument("--timeout", type=float, default=5.0)
     sub.add_parser("status", help="show which nodes answer")
