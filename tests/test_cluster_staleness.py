@@ -336,7 +336,8 @@ def test_rolling_restart_through_snapshots_is_never_stale(replicas):
                 ("steady", 0.3, None),
                 ("rolling restart", 0.5,
                  lambda: rolled.append(rolling_restart(
-                     fleet, wait=0.8, on_restarted=lambda i: None)))])
+                     fleet, wait=0.2, on_restarted=lambda i: wait_for(
+                         lambda: cc.node_states()[fleet.addresses[i]] == "live"))))])
             assert len(rolled[0]) == 3
             for phase, c in counts.items():
                 assert c.stale == 0 and c.bad == 0, (phase, c)
