@@ -24,7 +24,7 @@ from tools import faults
 from tools.fleet import LocalFleet, free_port, memd_available, rolling_restart
 from tools.fleetload import Load
 
-from test_cluster_client import direct, wait_for  # noqa: E402  (tests/ is on sys.path)
+from test_cluster_client import direct, fleet, wait_for  # noqa: E402,F401  (tests/ is on sys.path)
 
 needs_memcached = pytest.mark.skipif(
     shutil.which("memcached") is None, reason="memcached binary not installed (apt-get install memcached)")
@@ -32,14 +32,6 @@ needs_memcached = pytest.mark.skipif(
 
 def key_on(cc, node, prefix="k"):
     return next(f"{prefix}{i}" for i in range(10_000) if cc.node_for(f"{prefix}{i}") == node)
-
-
-@pytest.fixture
-def fleet():
-    if shutil.which("memcached") is None:
-        pytest.skip("memcached binary not installed (apt-get install memcached)")
-    with LocalFleet(n=3, backend="memcached", extra_args=["-m", "16"]) as f:
-        yield f
 
 
 def mark_dead(cc, node, key):

@@ -31,13 +31,9 @@ from typing import Iterable, Iterator
 
 import xxhash
 
-
-def key_bytes(key: str | bytes) -> bytes:
-    if type(key) is bytes:
-        return key
-    if isinstance(key, str):
-        return key.encode("utf-8")
-    return bytes(key)
+# The ring's rule for a key's bytes (str keys as UTF-8), so the journal and
+# the ring agree on what one key is.
+from memd.cluster.ring import _key_bytes as key_bytes  # noqa: F401  (re-exported)
 
 
 class Journal:
