@@ -69,6 +69,7 @@ CLIENTS: dict[str, Callable[..., Any]] = {
     "memd failover=miss": lambda f, d: cluster_client(f, d, failover="miss"),
     "pymemcache HashClient": hash_client,
     "memd, two processes": lambda f, d: SplitClient(cluster_client(f, d), cluster_client(f, d)),
+    "memd replicas=2": lambda f, d: cluster_client(f, d, replicas=2),
 }
 DEFAULT_CLIENTS = ["memd (default)", "memd failover=miss", "pymemcache HashClient"]
 
