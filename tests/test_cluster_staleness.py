@@ -13,11 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from pymemcache.client.base import Client
 
 from memd.cluster.client import NODE_ERRORS, ClusterClient
 from tools import faults

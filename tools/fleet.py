@@ -358,7 +358,7 @@ class LocalFleet:
 
 
 def rolling_restart(fleet: LocalFleet, wait: float = 0.0,
-                    on_restarted: "Callable[[int], None] | None" = None) -> list[float]:
+                    on_restarted: Callable[[int], None] | None = None) -> list[float]:
     """Restart every node in turn through a graceful snapshot and warm start.
 
     Each node must answer again before the next goes down; ``wait`` more

@@ -30,7 +30,7 @@ from typing import Callable
 
 from memd.cluster import ClusterClient
 from tools.fleet import LocalFleet, rolling_restart
-from tools.fleetload import Counts, Load
+from tools.fleetload import Load
 
 
 def _fleet(args, **kw) -> LocalFleet:
