@@ -312,6 +312,27 @@ def test_after_the_window_the_previous_owners_copies_of_touched_keys_are_removed
         assert cc.get_many(moved) == {k: b"v" for k in moved}
 
 
+@needs_memcached
+def test_warm_up_never_reads_an_old_stand_in_of_a_dead_owner(fleet):
+    from memd.cluster.ring import HashRing
+
+    newcomer = f"{fleet._host(3)}:{fleet.port}"
+    old_ring, new_ring = HashRing(fleet.addresses), HashRing(fleet.addresses + [newcomer])
+    dead = fleet.addresses[0]
+    k = next(f"s{i}" for i in range(20_000)
+             if old_ring.get_node(f"s{i}") == dead and new_ring.get_node(f"s{i}") == newcomer)
+    stand_in = old_ring.get_nodes(k)[1]
+    with ClusterClient(fleet.addresses, warmup=60, failure_limit=1, dead_timeout=60,
+                       timeout=0.3) as cc:
+        fleet.kill(0)
+        with pytest.raises(NODE_ERRORS):
+            cc.get(k)
+        direct(stand_in).set(k, b"orphan from an earlier outage")
+        _grow(fleet, cc)
+        assert cc.node_for(k) == newcomer
+        assert cc.get(k) is None
+
+
 # --------------------------------------------------------------------------- rolling restart
 
 

@@ -134,11 +134,14 @@ class _View:
         return self.prev is not None and time.monotonic() < self.until
 
     def previous(self, kb: bytes) -> list[str]:
-        """The key's serving set on the ring before the last change (warm-up)."""
+        """The key's live home nodes on the ring before the last change (warm-up).
+
+        Home nodes only: a stand-in of the old ring may hold an orphan, and
+        the holders record already covers what this client wrote there.
+        """
         if not self.warming():
             return []
-        order = self._order(self.prev, kb)
-        return [n for n in order if n in self.live][: self.replicas]
+        return [n for n in self.prev.get_nodes(kb, self.replicas) if n in self.live]
 
 
 def _address(server: str | tuple[str, int]) -> str:
