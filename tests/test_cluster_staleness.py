@@ -313,6 +313,27 @@ def test_after_the_window_the_previous_owners_copies_of_touched_keys_are_removed
 
 
 @needs_memcached
+def test_the_sweep_moves_untouched_keys_so_removing_the_new_node_later_is_never_stale(fleet):
+    with ClusterClient(fleet.addresses, warmup=0.2) as cc:
+        keys = [f"u{i}" for i in range(600)]
+        assert cc.set_many({k: b"old" for k in keys}) == []
+        before = {k: cc.node_for(k) for k in keys}
+        _grow(fleet, cc)  # nothing is read during the window
+        newcomer = fleet.addresses[3]
+        moved = [k for k in keys if cc.node_for(k) == newcomer]
+        assert wait_for(lambda: cc._view.prev is None, timeout=20)
+        assert cc.sweeps[-1]["finished"] and cc.sweeps[-1]["moved"] == len(moved)
+        assert direct(newcomer).get_many(moved) == {k: b"old" for k in moved}
+        assert all(direct(before[k]).get(k) is None for k in moved)
+        for k in moved:  # written after the window: on the new node only
+            assert cc.set(k, b"new")
+        cc.set_servers(fleet.addresses[:3])  # the new node leaves again
+        assert cc.get_many(moved) == {k: b"new" for k in moved}
+        assert wait_for(lambda: cc._view.prev is None and cc.sweeps[-1]["finished"], timeout=20)
+        assert cc.get_many(moved) == {k: b"new" for k in moved}
+
+
+@needs_memcached
 def test_warm_up_never_reads_an_old_stand_in_of_a_dead_owner(fleet):
     from memd.cluster.ring import HashRing
 

@@ -54,6 +54,7 @@ from pymemcache.serde import LegacyWrappingSerde
 
 from memd.cluster import discovery
 from memd.cluster.journal import Journal, KeyLocks, key_bytes
+from memd.cluster.migrate import metadump_keys
 from memd.cluster.ring import DEFAULT_VNODES, HashRing, KetamaRing
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,10 @@ class ClusterClient:
         self._health: dict[str, _Health] = {}
         self._prev_ring = None
         self._window_until = 0.0
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        #: One entry per warm-up sweep: nodes listed, keys moved, finished or not.
+        self.sweeps: list[dict[str, Any]] = []
         self._view = _View(self._ring_factory(), frozenset(), frozenset(), None, 0.0,
                            replicas, failover == "remap")
 
@@ -248,7 +253,6 @@ class ClusterClient:
                     raise
                 log.warning("initial discovery failed, starting empty: %s", exc)
 
-        self._stop = threading.Event()
         self._next_poll = time.monotonic() + poll_interval
         self._thread = threading.Thread(target=self._maintain, name="memd-cluster", daemon=True)
         self._thread.start()
@@ -291,11 +295,13 @@ class ClusterClient:
                     host, port = discovery.split_address(a)
                     clients[a] = PooledClient((host, port), **self._client_kwargs)
                     health[a] = _Health()
+            sweep = None
             if self._members and self.warmup > 0:
                 # Warm-up: the ring before the change keeps being read on
                 # misses and written to; nodes that left stay reachable.
                 self._prev_ring = self._view.ring
                 self._window_until = time.monotonic() + self.warmup
+                sweep = self._prev_ring
             else:
                 for a in [a for a in clients if a not in addresses]:
                     closing.append(clients.pop(a))
@@ -306,6 +312,10 @@ class ClusterClient:
         log.info("cluster membership: %s", ", ".join(addresses))
         for client in closing:
             client.close()
+        if sweep is not None:
+            self._sweeper = threading.Thread(target=self._sweep, args=(sweep,),
+                                             name="memd-warmup-sweep", daemon=True)
+            self._sweeper.start()
 
     def _rebuild_view_locked(self) -> None:
         ring = self._ring_factory()
@@ -318,6 +328,9 @@ class ClusterClient:
                            self.replicas, self.failover == "remap")
 
     def _end_window(self) -> None:
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.is_alive():
+            return  # the window lasts until every moved key has been moved
         with self._lock:
             if self._prev_ring is None or time.monotonic() < self._window_until:
                 return
@@ -634,6 +647,54 @@ class ClusterClient:
                 if got != miss:
                     return got
             return miss
+
+    def _move(self, key: Any, kb: bytes, source: str) -> bool:
+        """Move a key that left ``source`` in the last ring change to its new
+        owners (``set``: under the key's lock ``source`` has every write this
+        client made), then delete it on ``source``.  True when moved."""
+        journal = self._journal
+        with self._locks.one(kb):
+            view = self._view
+            if (source not in view.previous(kb) or source in view.serving(kb)
+                    or journal.is_suspect(source, kb)):
+                return False
+            # Until the delete below, ``source`` holds a copy to retire later.
+            journal.add_holder(kb, source)
+            item = self._read_item(source, key)
+            if item is not None:
+                for node in view.serving(kb):
+                    self._call(node, "set", key, item[0], item[2], False, item[1])
+                    journal.clear(node, kb)
+            self._call(source, "delete", key, False)
+            journal.drop_holder(kb, source)
+            return item is not None
+
+    def _sweep(self, prev_ring: Any) -> None:
+        """Move every key the last ring change moved off each previous owner."""
+        record = {"nodes": 0, "moved": 0, "finished": False}
+        self.sweeps.append(record)
+        for node in prev_ring.nodes:
+            if self._stop.is_set() or self._prev_ring is not prev_ring:
+                return  # closed, or a newer change started its own sweep
+            if node not in self._view.live:
+                continue
+            try:
+                for kb in metadump_keys(node, timeout=max(5.0, self._probe_timeout)):
+                    if self._stop.is_set() or self._prev_ring is not prev_ring:
+                        return
+                    view = self._view
+                    if node in view.serving(kb) or node not in view.previous(kb):
+                        continue
+                    try:
+                        record["moved"] += self._move(kb, kb, node)
+                    except (*NODE_ERRORS, MemcacheError) as exc:
+                        log.warning("warm-up sweep: %r not moved off %s: %s", kb, node, exc)
+            except OSError as exc:
+                log.warning("warm-up sweep: cannot list the keys of %s: %s", node, exc)
+                continue
+            record["nodes"] += 1
+        record["finished"] = True
+        log.info("warm-up sweep: %d keys moved off %d nodes", record["moved"], record["nodes"])
 
     def _decode(self, key: Any, got: tuple[bytes, int]) -> Any:
         return got[0] if self._plain else self._serde.deserialize(key, got[0], got[1])
@@ -1011,6 +1072,8 @@ class ClusterClient:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
