@@ -63,7 +63,8 @@ def scenario_kill(args) -> list[str]:
 
 def scenario_scale_out(args) -> list[str]:
     lines = ["## hit ratio over keys written before, growing 3 -> 4 nodes under read load", "",
-             "| warm-up | keys moved | reads | hit ratio | misses | stale |", "|---|---|---|---|---|---|"]
+             "| warm-up | keys moved | reads | hit ratio | misses | stale | moved by the sweep |",
+             "|---|---|---|---|---|---|---|"]
     for warmup in (60.0, 0.0):
         with _fleet(args) as fleet, ClusterClient(fleet.addresses, warmup=warmup) as cc:
             load = Load(cc, keys=args.keys, threads=args.threads, writes=False)
@@ -77,8 +78,13 @@ def scenario_scale_out(args) -> list[str]:
             moved = sum(cc.node_for(k) == fleet.addresses[3] for k in load.names)
             c = counts["grown"]
             label = f"on ({warmup:g} s)" if warmup else "off"
+            deadline = time.monotonic() + 60
+            while cc.sweeps and not cc.sweeps[-1]["finished"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            swept = (f"{cc.sweeps[-1]['moved']} keys in {cc.sweeps[-1]['seconds']:.1f} s"
+                     if cc.sweeps else "-")
             lines.append(f"| {label} | {moved / len(load.names):.1%} | {c.reads} | {c.hit_ratio:.2%} "
-                         f"| {c.misses} | {c.stale} |")
+                         f"| {c.misses} | {c.stale} | {swept} |")
     return lines
 
 

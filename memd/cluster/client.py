@@ -671,8 +671,9 @@ class ClusterClient:
 
     def _sweep(self, prev_ring: Any) -> None:
         """Move every key the last ring change moved off each previous owner."""
-        record = {"nodes": 0, "moved": 0, "finished": False}
+        record = {"nodes": 0, "moved": 0, "finished": False, "seconds": 0.0}
         self.sweeps.append(record)
+        started = time.monotonic()
         for node in prev_ring.nodes:
             if self._stop.is_set() or self._prev_ring is not prev_ring:
                 return  # closed, or a newer change started its own sweep
@@ -693,8 +694,9 @@ class ClusterClient:
                 log.warning("warm-up sweep: cannot list the keys of %s: %s", node, exc)
                 continue
             record["nodes"] += 1
-        record["finished"] = True
-        log.info("warm-up sweep: %d keys moved off %d nodes", record["moved"], record["nodes"])
+        record["finished"], record["seconds"] = True, time.monotonic() - started
+        log.info("warm-up sweep: %d keys moved off %d nodes in %.1f s",
+                 record["moved"], record["nodes"], record["seconds"])
 
     def _decode(self, key: Any, got: tuple[bytes, int]) -> Any:
         return got[0] if self._plain else self._serde.deserialize(key, got[0], got[1])
