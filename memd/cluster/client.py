@@ -28,9 +28,10 @@ before the read: the staleness policy (``journal.py``; docs/fleet.md, "One
 staleness policy") marks every copy a write did not reach as *suspect*,
 never reads a suspect copy, trusts a stand-in only for what this client
 wrote there, and settles suspect copies in the background.  The same rule
-drives warm-up after a membership change: for ``warmup`` seconds a miss on
-a key's new owner is looked up on its previous owner and copied over, and
-writes reach both.
+drives warm-up after a membership change: for ``warmup`` seconds (and until
+a background sweep has moved every moved key off its previous owner) a miss
+on a key's new owner is looked up on its previous owner and copied over,
+and writes reach both.
 
 Membership comes from a static list, an ElastiCache configuration endpoint
 (``config get cluster`` polled every ``poll_interval`` s, falling back to
