@@ -681,7 +681,7 @@ class ClusterClient:
             if node not in self._view.live:
                 continue
             try:
-                for kb in metadump_keys(node, timeout=max(5.0, self._probe_timeout)):
+                for kb in metadump_keys(node, self._probe_timeout, max(5.0, self._probe_timeout)):
                     if self._stop.is_set() or self._prev_ring is not prev_ring:
                         return
                     view = self._view
@@ -691,7 +691,7 @@ class ClusterClient:
                         record["moved"] += self._move(kb, kb, node)
                     except (*NODE_ERRORS, MemcacheError) as exc:
                         log.warning("warm-up sweep: %r not moved off %s: %s", kb, node, exc)
-            except OSError as exc:
+            except Exception as exc:  # a background thread must not die on one node
                 log.warning("warm-up sweep: cannot list the keys of %s: %s", node, exc)
                 continue
             record["nodes"] += 1

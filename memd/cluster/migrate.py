@@ -22,10 +22,12 @@ class MetadumpError(OSError):
     """The node refused or broke off the key listing."""
 
 
-def metadump_keys(node: str, timeout: float = 5.0) -> Iterator[bytes]:
+def metadump_keys(node: str, connect_timeout: float = 1.0,
+                  timeout: float = 5.0) -> Iterator[bytes]:
     """Every key ``node`` holds now (URL-decoded), streamed as it answers."""
     host, port = discovery.split_address(node)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=connect_timeout) as sock:
+        sock.settimeout(timeout)
         # Alone on its connection: memcached refuses a metadump pipelined
         # behind other commands.
         sock.sendall(b"lru_crawler metadump all\r\n")
