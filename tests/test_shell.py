@@ -387,3 +387,13 @@ def test_fleet_stats_hotkeys_merges_the_nodes_lists(fleet):
     assert r.returncode == 0, r.stderr
     hot = json.loads(r.stdout)
     assert hot[0]["key"] == "shell:hot" and hot[0]["requests"] > 1000
+
+
+def test_with_replicas_where_names_every_node_that_holds_the_key(fleet):
+    from memd.cluster.client import ClusterClient
+    with ClusterClient(fleet.addresses, replicas=2) as client:
+        expected = client.nodes_for("user:7")
+    assert len(expected) == 2
+    r = cli("--nodes", ",".join(fleet.addresses), "--replicas", "2", "--json", "-c", "where user:7")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["nodes"] == expected

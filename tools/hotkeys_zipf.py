@@ -60,6 +60,25 @@ def find_top(client, *, n: int = 10, keys: int = 10_000, requests: int = 200_000
             "recall": sum(k in found_keys for k in true_top) / n}
 
 
+def scenario_hot_keys(args) -> list[str]:
+    """tools/scenarios.py's ``hot-keys``: a zipf load on a fresh 3-node fleet,
+    the true top 10 beside the merged ``ClusterClient.hot_keys()``."""
+    from memd.cluster.client import ClusterClient
+    from tools.fleet import LocalFleet
+    lines = ["## the 10 hottest keys of a zipf load (s = 1.1, 10,000 keys, 200,000 reads)", ""]
+    with LocalFleet(n=3, backend=getattr(args, "backend", "auto"), extra_args=["-m", "64"]) as fleet:
+        if fleet.backend != "memd":
+            return lines + [f"(skipped: {fleet.backend} nodes report no hot keys)"]
+        with ClusterClient(fleet.addresses) as client:
+            result = find_top(client)
+    lines += ["| rank | true key | requests | reported key | estimate |", "|---|---|---|---|---|"]
+    for rank, ((tk, tc), (fk, fc)) in enumerate(itertools.zip_longest(
+            result["true"], result["found"], fillvalue=(b"-", 0)), 1):
+        lines.append(f"| {rank} | {tk.decode()} | {tc} | {fk.decode(errors='replace')} | {fc} |")
+    lines += ["", f"true top 10 found: {result['recall']:.0%}"]
+    return lines
+
+
 def main(argv=None) -> int:
     from memd.cluster.client import ClusterClient
     ap = argparse.ArgumentParser(description="zipf load, then compare the reported hot keys")

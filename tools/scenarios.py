@@ -31,6 +31,7 @@ from typing import Callable
 from memd.cluster import ClusterClient
 from tools.fleet import LocalFleet, rolling_restart
 from tools.fleetload import Load
+from tools.hotkeys_zipf import scenario_hot_keys
 
 
 def _fleet(args, **kw) -> LocalFleet:
@@ -115,6 +116,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     "kill": scenario_kill,
     "scale-out": scenario_scale_out,
     "rolling": scenario_rolling,
+    "hot-keys": scenario_hot_keys,
 }
 
 
