@@ -205,6 +205,7 @@ class LocalFleet:
         hosts = [self._host(i) for i in range(n + 4)]  # room for add_node()
         self.port = port or free_port(hosts)
         self.nodes = [Node(f"memd{i + 1}", self._host(i), self.port, list(self._extra)) for i in range(n)]
+        self.membership_version = 0
 
     def _host(self, i: int) -> str:
         octet = self._first_host + i
@@ -289,9 +290,13 @@ class LocalFleet:
     def _write_cluster_file(self, nodes: list[Node]) -> None:
         # Write then rename: a node re-reading mid-write must never see half
         # a file.
+        # The version line rises by one per change, as ElastiCache's does:
+        # some clients (elasticache-pyclient) ignore a config whose version
+        # is not higher than the last one they saw.
+        self.membership_version += 1
         tmp = self.cluster_file + ".tmp"
         with open(tmp, "w") as f:
-            f.write("# written by tools/fleet.py\n")
+            f.write(f"# written by tools/fleet.py\nversion {self.membership_version}\n")
             f.writelines(f"{n.address}\n" for n in nodes)
         os.replace(tmp, self.cluster_file)
 
