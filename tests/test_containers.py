@@ -213,3 +213,40 @@ def test_clients_from_different_nodes_read_each_others_keys_and_a_recreated_node
         assert again["items"]["memd2:11211"] == held_by_memd2  # warm from its snapshot volume
     finally:
         run("podman", "rm", "-f", squatter, check=False)
+
+
+KETAMA_SCRIPT = """
+import json, sys
+from memd.cluster import ClusterClient
+keys = [f"tw:{i}" for i in range(int(sys.argv[1]))]
+with ClusterClient(config_endpoint="memd2:11211", ring="ketama") as cc:
+    found = cc.get_many(keys)
+print(json.dumps({"found": sum(found.get(k) == k.encode() for k in keys)}))
+"""
+
+
+def test_twemproxy_profile_routes_every_key_where_the_ketama_ring_does(fleet):
+    from pymemcache.client.base import Client
+
+    run("podman", "build", *build_args(), "-t", "memd-twemproxy:latest", "-f",
+        str(ROOT / "deploy" / "twemproxy" / "Dockerfile"), str(ROOT), timeout=900)
+    (port,) = unused_ports(1)
+    fleet.env["TWEMPROXY_PORT"] = str(port)
+    fleet.compose("up", "-d", "twemproxy")
+
+    def writes():
+        try:
+            proxy = Client(("127.0.0.1", port), connect_timeout=2, timeout=5)
+            return proxy.set("tw:probe", b"1", noreply=False) and proxy
+        except Exception:
+            return None
+
+    proxy = wait_until(writes, timeout=60)
+    assert proxy, run("podman", "logs", f"{fleet.project}_twemproxy_1", check=False).stderr[-2000:]
+    keys = [f"tw:{i}" for i in range(KEYS)]
+    for i in range(0, KEYS, 500):
+        assert proxy.set_many({k: k.encode() for k in keys[i:i + 500]}, noreply=False) == []
+    proxy.close()
+    out = run("podman", "run", "--rm", "--network", f"{fleet.project}_default", "--entrypoint", "python",
+              "memd:latest", "-c", KETAMA_SCRIPT, str(KEYS), timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"found": KEYS}

@@ -38,7 +38,8 @@ from pathlib import Path
 DEFAULT_COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 DEFAULT_STATE = Path(".fleet") / "state.json"
 # Flags the launcher owns: compose's values make sense only inside Docker.
-_OWN_FLAGS = {"-l", "--listen", "-p", "--port", "--cluster-nodes", "--cluster-file", "-u", "--user"}
+_OWN_FLAGS = {"-l", "--listen", "-p", "--port", "--cluster-nodes", "--cluster-file", "--cluster-dns",
+              "-u", "--user", "--snapshot"}
 
 
 # --------------------------------------------------------------------------- backends
@@ -343,7 +344,8 @@ class LocalFleet:
 
 
 def load_compose(path: Path) -> dict[str, list[str]]:
-    """Service name -> its ``command`` list, for the memd services."""
+    """Service name -> its ``command`` list, for the memd services (not the
+    optional ones behind a compose profile, such as twemproxy)."""
     text = Path(path).read_text()
     try:
         import yaml
@@ -353,6 +355,8 @@ def load_compose(path: Path) -> dict[str, list[str]]:
         doc = yaml.safe_load(text) or {}
         services = {}
         for name, svc in (doc.get("services") or {}).items():
+            if (svc or {}).get("profiles"):
+                continue
             cmd = (svc or {}).get("command") or []
             services[name] = cmd.split() if isinstance(cmd, str) else [str(a) for a in cmd]
     return services
@@ -374,6 +378,9 @@ def _parse_compose_minimal(text: str) -> dict[str, list[str]]:
         elif in_services and indent == 2 and line.endswith(":"):
             current = line.strip()[:-1]
             services[current] = []
+        elif in_services and current and line.strip().startswith("profiles:"):
+            del services[current]
+            current = None
         elif in_services and current and line.strip().startswith("command:"):
             value = line.split(":", 1)[1].strip()
             services[current] = json.loads(value) if value.startswith("[") else value.split()
