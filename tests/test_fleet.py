@@ -113,6 +113,9 @@ def test_health_probe_passes_on_a_live_node_and_fails_on_a_dead_one():
     with LocalFleet(n=1, first_host=40) as fleet:
         target = f"127.0.0.40:{fleet.port}"
         assert subprocess.run(probe + [target], cwd=ROOT, timeout=10).returncode == 0
+        # memd nodes of a LocalFleet announce the fleet; memcached has no config get cluster.
+        with_cluster = subprocess.run(probe + ["--cluster", target], cwd=ROOT, timeout=10).returncode
+        assert with_cluster == (0 if fleet.backend == "memd" else 1)
         fleet.kill(0)
         assert subprocess.run(probe + [target], cwd=ROOT, capture_output=True, timeout=10).returncode != 0
 

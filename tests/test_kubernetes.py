@@ -89,6 +89,9 @@ def test_the_pods_run_non_root_on_a_read_only_root_with_protocol_probes():
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["exec"]["command"][:3] == ["python", "-m", "tools.probe"]
+    # Ready only once the node announces its fleet: the client Service must
+    # not hand a bootstrapping client an empty membership.
+    assert "--cluster" in c["readinessProbe"]["exec"]["command"]
     # Everything memd writes goes to a volume: the snapshot, and its temp file beside it.
     snapshot = flag(c["args"], "--snapshot")
     assert any(snapshot.startswith(m["mountPath"] + "/") for m in c["volumeMounts"])
@@ -184,3 +187,21 @@ def test_srv_lookup_asks_the_memcache_service_label_through_the_search_list(monk
 
     monkeypatch.setattr(dns_resolver, "resolve", nxdomain)
     assert discovery.lookup_srv("memd") == []
+
+
+def test_a_node_that_has_not_found_its_fleet_is_live_but_not_ready():
+    import subprocess
+    import sys
+
+    import servers
+
+    # .invalid never resolves (RFC 6761): the node announces no members yet.
+    node = servers.start_memd("--cluster-dns", "memd.invalid")
+    try:
+        target = f"127.0.0.1:{node.port}"
+        probe = [sys.executable, "-m", "tools.probe"]
+        root = DEPLOY.parent.parent
+        assert subprocess.run(probe + [target], cwd=root, timeout=10).returncode == 0
+        assert subprocess.run(probe + ["--cluster", target], cwd=root, timeout=10).returncode == 1
+    finally:
+        node.cleanup()
