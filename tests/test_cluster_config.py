@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from memd.cluster.config import (
+    DNS_POLL_INTERVAL,
     ClusterConfig,
     NodeEntry,
     derive_version,
@@ -249,8 +250,9 @@ def stub_srv(records):
 def test_dns_membership_announces_the_srv_targets_by_their_stable_names(caplog):
     pods = [(f"memd-{i}.memd.cache.svc.cluster.local", 11211) for i in (2, 0, 1)]
     records = {"memd": pods}
+    now = [0.0]
     cfg = ClusterConfig.from_options(None, None, "memd", resolve=lambda h: "",
-                                     srv_lookup=stub_srv(records))
+                                     srv_lookup=stub_srv(records), clock=lambda: now[0])
     cfg.poll()
     info = parse_config_reply(cfg.reply(b"cluster"))
     assert [n.name for n in info.nodes] == [f"memd-{i}.memd.cache.svc.cluster.local:11211" for i in range(3)]
@@ -262,13 +264,15 @@ def test_dns_membership_announces_the_srv_targets_by_their_stable_names(caplog):
     # DNS failing keeps the last membership; a scale-up is picked up.
     before = cfg.reply(b"cluster")
     records["memd"] = OSError("SRV lookup timed out")
-    cfg._next_dns = 0
+    now[0] += DNS_POLL_INTERVAL
     with caplog.at_level(logging.ERROR, logger="memd.cluster.config"):
         cfg.poll()
     assert cfg.reply(b"cluster") == before
     assert "keeping the last good membership" in caplog.text
     records["memd"] = pods + [("memd-3.memd.cache.svc.cluster.local", 11211)]
-    cfg._next_dns = 0
+    cfg.poll()
+    assert len(parse_config_reply(cfg.reply(b"cluster")).nodes) == 3   # not looked up again yet
+    now[0] += DNS_POLL_INTERVAL
     cfg.poll()
     assert len(parse_config_reply(cfg.reply(b"cluster")).nodes) == 4
 

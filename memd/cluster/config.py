@@ -276,9 +276,7 @@ class ClusterConfig:
         nodes: str | None,
         path: str | None,
         dns_name: str | None = None,
-        *,
-        resolve: Resolver = resolve_ip,
-        srv_lookup: SrvLookup | None = None,
+        **kw,
     ) -> "ClusterConfig | None":
         """From ``--cluster-nodes``, ``--cluster-file`` or ``--cluster-dns``; None if none.
 
@@ -289,13 +287,13 @@ class ClusterConfig:
         if sum(map(bool, (nodes, path, dns_name))) > 1:
             raise ValueError("give one of --cluster-nodes, --cluster-file, --cluster-dns")
         if nodes:
-            return cls(parse_node_list(nodes), resolve=resolve, srv_lookup=srv_lookup)
+            return cls(parse_node_list(nodes), **kw)
         if path:
-            cfg = cls(path=path, resolve=resolve, srv_lookup=srv_lookup)
+            cfg = cls(path=path, **kw)
             cfg._read_file(initial=True)
             return cfg
         if dns_name:
-            return cls(dns_name=dns_name, resolve=resolve, srv_lookup=srv_lookup)
+            return cls(dns_name=dns_name, **kw)
         return None
 
     # -- queries (event loop) -------------------------------------------------
@@ -345,9 +343,6 @@ class ClusterConfig:
         if now >= self._next_resolve_check:
             self._next_resolve_check = now + RESOLVE_CHECK_INTERVAL
             self.check_names()
-
-    # Kept for callers of the old API (tests, tools): same as poll().
-    refresh = poll
 
     def _read_file(self, initial: bool) -> None:
         st = os.stat(self.path)
