@@ -282,7 +282,8 @@ class ClusterConfig:
 
         Raises ``ValueError`` (bad spec or line, more than one option) or
         ``OSError`` (unreadable file). Does no DNS itself: the first ``poll()``
-        (on a worker thread) does.
+        (on a worker thread) does. ``kw`` go to the constructor (``resolve``,
+        ``srv_lookup``, ``clock``: stand-ins for tests).
         """
         if sum(map(bool, (nodes, path, dns_name))) > 1:
             raise ValueError("give one of --cluster-nodes, --cluster-file, --cluster-dns")
