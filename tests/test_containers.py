@@ -136,6 +136,22 @@ class ComposeFleet:
                   "memd:latest", "-c", CLIENT_SCRIPT, a, b, str(KEYS), phase, timeout=120)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    def recreate(self, service: str) -> tuple[str, str]:
+        """Remove ``service``'s container and create it again while another
+        container holds its old address, so the new one gets a new address.
+        Its volume (and the snapshot written at its graceful stop) stays.
+        Returns (old address, new address)."""
+        old_ip = self.ip(service)
+        run("podman", "stop", "-t", "20", self.container(service))
+        run("podman", "rm", self.container(service))
+        squatter = f"{self.project}_squatter_{service}"
+        run("podman", "run", "-d", "--rm", "--name", squatter, "--network", f"{self.project}_default",
+            "--label", f"io.podman.compose.project={self.project}",
+            "--entrypoint", "sleep", "memd:latest", "600")
+        self.compose("up", "-d", service)
+        assert wait_until(lambda: self.healthy(service), timeout=60), f"{service} not healthy again"
+        return old_ip, self.ip(service)
+
     def teardown(self) -> None:
         run("podman-compose", "-p", self.project, "-f", str(ROOT / "docker-compose.yml"), "down", "-v",
             check=False, env=self.env, cwd=ROOT, timeout=180)
@@ -190,29 +206,15 @@ def test_clients_from_different_nodes_read_each_others_keys_and_a_recreated_node
     assert held_by_memd2 > 0
     before = fleet.config("memd1")
 
-    # Remove memd2's container and create it again while another container
-    # holds its old address: the new one gets a new address. Its volume
-    # (and the snapshot written at its graceful stop) stays.
-    old_ip = fleet.ip("memd2")
-    run("podman", "stop", "-t", "20", fleet.container("memd2"))
-    run("podman", "rm", fleet.container("memd2"))
-    squatter = f"{fleet.project}_squatter"
-    run("podman", "run", "-d", "--rm", "--name", squatter, "--network", f"{fleet.project}_default",
-        "--entrypoint", "sleep", "memd:latest", "300")
-    try:
-        fleet.compose("up", "-d", "memd2")
-        assert wait_until(lambda: fleet.healthy("memd2"), timeout=60)
-        new_ip = fleet.ip("memd2")
-        assert new_ip and new_ip != old_ip
+    old_ip, new_ip = fleet.recreate("memd2")
+    assert new_ip and new_ip != old_ip
 
-        # Announced everywhere as before: the name, which DNS now maps to
-        # the new address.
-        assert {fleet.config(s) for s in SERVICES} == {before}
-        again = fleet.clients("memd2", "memd1", "read")
-        assert again["b_reads_a"] == KEYS and again["a_reads_b"] == KEYS
-        assert again["items"]["memd2:11211"] == held_by_memd2  # warm from its snapshot volume
-    finally:
-        run("podman", "rm", "-f", squatter, check=False)
+    # Announced everywhere as before: the name, which DNS now maps to the
+    # new address.
+    assert {fleet.config(s) for s in SERVICES} == {before}
+    again = fleet.clients("memd2", "memd1", "read")
+    assert again["b_reads_a"] == KEYS and again["a_reads_b"] == KEYS
+    assert again["items"]["memd2:11211"] == held_by_memd2  # warm from its snapshot volume
 
 
 KETAMA_SCRIPT = """
@@ -243,10 +245,32 @@ def test_twemproxy_profile_routes_every_key_where_the_ketama_ring_does(fleet):
 
     proxy = wait_until(writes, timeout=60)
     assert proxy, run("podman", "logs", f"{fleet.project}_twemproxy_1", check=False).stderr[-2000:]
-    keys = [f"tw:{i}" for i in range(KEYS)]
-    for i in range(0, KEYS, 500):
-        assert proxy.set_many({k: k.encode() for k in keys[i:i + 500]}, noreply=False) == []
     proxy.close()
-    out = run("podman", "run", "--rm", "--network", f"{fleet.project}_default", "--entrypoint", "python",
-              "memd:latest", "-c", KETAMA_SCRIPT, str(KEYS), timeout=120)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"found": KEYS}
+    keys = [f"tw:{i}" for i in range(KEYS)]
+
+    def write_all():
+        # A new connection each try: the proxy restarts when an address changes.
+        try:
+            client = Client(("127.0.0.1", port), connect_timeout=2, timeout=5)
+            failed = [k for i in range(0, KEYS, 500)
+                      for k in client.set_many({k: k.encode() for k in keys[i:i + 500]}, noreply=False)]
+            client.close()
+            return not failed
+        except Exception:
+            return False
+
+    def ketama_reads_all():
+        out = run("podman", "run", "--rm", "--network", f"{fleet.project}_default", "--entrypoint", "python",
+                  "memd:latest", "-c", KETAMA_SCRIPT, str(KEYS), timeout=120)
+        return json.loads(out.stdout.strip().splitlines()[-1]) == {"found": KEYS}
+
+    assert write_all()
+    assert ketama_reads_all()
+
+    # A node comes back at a new address: twemproxy resolved names once, at
+    # its start; the supervisor notices and restarts it, and the keys of
+    # that node are written through the proxy again.
+    old_ip, new_ip = fleet.recreate("memd3")
+    assert new_ip != old_ip
+    assert wait_until(write_all, timeout=60, interval=2)
+    assert ketama_reads_all()
