@@ -205,3 +205,75 @@ def test_a_node_that_has_not_found_its_fleet_is_live_but_not_ready():
         assert subprocess.run(probe + ["--cluster", target], cwd=root, timeout=10).returncode == 1
     finally:
         node.cleanup()
+
+
+class StubDNS:
+    """A UDP name server on 127.0.0.1 answering SRV queries from a table, as
+    cluster DNS does for the headless Service; NXDOMAIN for anything else."""
+
+    def __init__(self, records: dict[str, list[tuple[str, int]]]):
+        import socket
+        import threading
+
+        self.records = records
+        self.queries: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.rrset
+
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            question = query.question[0]
+            name = question.name.to_text()
+            self.queries.append(name)
+            response = dns.message.make_response(query)
+            found = self.records.get(name) if question.rdtype == dns.rdatatype.SRV else None
+            if found:
+                response.answer.append(dns.rrset.from_text_list(
+                    question.name, 5, "IN", "SRV", [f"0 50 {port} {target}." for target, port in found]))
+            else:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            self.sock.sendto(response.to_wire(), peer)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_discovery_over_the_wire_through_a_pods_search_list(monkeypatch):
+    """The real dnspython path: a pod's resolv.conf (search <ns>.svc.cluster.local
+    ..., ndots:5), a node started with `--cluster-dns memd`, a client given the
+    full service name; a stub name server answers the SRV records."""
+    resolver_mod = pytest.importorskip("dns.resolver", reason="pip install dnspython")
+    import dns.name
+
+    service = f"_memcache._tcp.memd.{NAMESPACE}.svc.cluster.local."
+    server = StubDNS({service: stub_srv_records()})
+    try:
+        resolver = resolver_mod.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = server.port
+        resolver.search = [dns.name.from_text(d) for d in
+                           (f"{NAMESPACE}.svc.cluster.local", "svc.cluster.local", "cluster.local")]
+        resolver.ndots = 5
+        monkeypatch.setattr(resolver_mod, "default_resolver", resolver)
+
+        cfg = ClusterConfig.from_options(None, None, flag(container()["args"], "--cluster-dns"),
+                                         resolve=lambda host: "")
+        cfg.poll()
+        expected = [f"{n}:11211" for n in pod_names()]
+        assert [n.name for n in parse_config_reply(cfg.reply(b"cluster")).nodes] == expected
+        assert discovery.resolve_dns(f"memd.{NAMESPACE}.svc.cluster.local") == expected
+        assert service in server.queries
+    finally:
+        server.close()
