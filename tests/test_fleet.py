@@ -23,6 +23,7 @@ from memd.cluster.discovery import fetch_cluster_config
 from tools.fleet import (
     LocalFleet,
     _parse_compose_minimal,
+    compose_published_ports,
     config_get_cluster,
     free_port,
     load_compose,
@@ -80,6 +81,15 @@ def test_compose_builds_one_image_for_three_nodes_that_each_advertise_the_whole_
     assert [n.name for n in nodes] == ["memd1:11211", "memd2:11211", "memd3:11211"]
     twemproxy = doc["services"]["twemproxy"]
     assert twemproxy["profiles"] == ["twemproxy"]
+
+
+def test_rolling_restart_finds_the_published_ports_of_our_compose_file(monkeypatch):
+    pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
+    for var in ("MEMD1_PORT", "MEMD3_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MEMD2_PORT", "17999")
+    # ${MEMDn_PORT:-default} as compose expands it; the twemproxy profile is not a node.
+    assert compose_published_ports(COMPOSE) == {"memd1": 11211, "memd2": 17999, "memd3": 11213}
 
 
 def test_minimal_compose_parser_agrees_with_pyyaml():

@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -451,13 +452,23 @@ def compose_published_ports(path: Path) -> dict[str, int]:
     doc = yaml.safe_load(Path(path).read_text()) or {}
     out = {}
     for name, svc in (doc.get("services") or {}).items():
+        if (svc or {}).get("profiles"):
+            continue  # optional services (twemproxy) are not memd nodes
         for entry in (svc or {}).get("ports") or []:
             # "HOST:CONTAINER" or "IP:HOST:CONTAINER"; the first one wins.
-            parts = str(entry).split("/")[0].split(":")
+            parts = _expand_env(str(entry)).split("/")[0].split(":")
             if len(parts) >= 2:
                 out[name] = int(parts[-2])
                 break
     return out
+
+
+def _expand_env(text: str) -> str:
+    """Compose's ``${VAR:-default}``, ``${VAR}`` and ``$VAR`` from the environment."""
+    def value(m: re.Match) -> str:
+        name, default = m.group(1) or m.group(3), m.group(2)
+        return os.environ.get(name) or (default or "")
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", value, text)
 
 
 def compose_rolling_restart(path: Path, engine: list[str], host: str = "127.0.0.1",
