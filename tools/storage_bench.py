@@ -1,13 +1,17 @@
 """Storage engine measurements: memory per item, lookup rates, fill pauses.
 
     python -m tools.storage_bench [--runs 3] [--items 1000000] [--fill 2000000]
+                                  [--lookup-sizes 10000,1000000,4000000]
 
 (a) RSS per item: VmRSS growth of this process around storing N items of
     20-byte keys and 100-byte values (keys made on the fly, so no key list is
     counted).  Each run happens in a fresh child process, so one run's freed
     memory does not flatter the next.
 (b) Lookups per second: ``store.find`` one key at a time, and ``fetch_text``
-    on 100-key batches (the text multi-get path), over the filled store.
+    on 100-key batches (the text multi-get path), over stores filled with
+    each of ``--lookup-sizes`` items (random keys of the store, so over a
+    large store nearly every lookup misses the CPU caches).  Recent replies
+    are off here: this measures the index and the item layout.
 (c) Pauses: the longest gaps between consecutive ``store()`` calls while
     filling 2M items, gc enabled as in production, with the item count at
     which each happened (index growth, page allocation, gc would show here).
@@ -69,7 +73,7 @@ def _rss_child(n: int, conn) -> None:
 
 
 def _lookup_child(n: int, seconds: float, conn) -> None:
-    store = ItemStore(StoreSettings(mem_limit=4 << 30), FakeClock())
+    store = ItemStore(StoreSettings(mem_limit=4 << 30, recent_bytes=0), FakeClock())
     _fill(store, n)
     gc.collect()
     import random
@@ -154,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=1_000_000, help="items for (a) and (b)")
     ap.add_argument("--fill", type=int, default=2_000_000, help="items for (c)")
     ap.add_argument("--seconds", type=float, default=2.0, help="per lookup measurement")
+    ap.add_argument("--lookup-sizes", default="10000,1000000,4000000",
+                    help="store sizes (items) for (b), comma-separated")
     ap.add_argument("--only", choices=["rss", "lookup", "pause"], action="append")
     ap.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     args = ap.parse_args(argv)
@@ -171,14 +177,16 @@ def main(argv=None) -> int:
         print("  metadata bytes per id: %d; -m accounted: %.1f MiB; index buckets: %d" % (
             r["bytes_per_id"], r["accounted"] / 2 ** 20, r["index_buckets"]))
     if "lookup" in only:
-        ls = [run_child(_lookup_child, args.items, args.seconds) for _ in range(args.runs)]
-        raw["lookup"] = ls
-        print("(b) lookups per second over the filled store")
-        print("  " + summarize("store.find /s", [x["find_per_s"] for x in ls], "{:,.0f}"))
-        print("  " + summarize("fetch_text keys/s (100/batch)",
-                               [x["fetch_text_keys_per_s"] for x in ls], "{:,.0f}"))
-        print("  " + summarize("dict.get /s (for scale)",
-                               [x["dict_get_per_s"] for x in ls], "{:,.0f}"))
+        raw["lookup"] = {}
+        for size in (int(x) for x in args.lookup_sizes.split(",")):
+            ls = [run_child(_lookup_child, size, args.seconds) for _ in range(args.runs)]
+            raw["lookup"][size] = ls
+            print("(b) lookups per second over %s items" % format(size, ","))
+            print("  " + summarize("store.find /s", [x["find_per_s"] for x in ls], "{:,.0f}"))
+            print("  " + summarize("fetch_text keys/s (100/batch)",
+                                   [x["fetch_text_keys_per_s"] for x in ls], "{:,.0f}"))
+            print("  " + summarize("dict.get /s (for scale)",
+                                   [x["dict_get_per_s"] for x in ls], "{:,.0f}"))
     if "pause" in only:
         ps = [run_child(_pause_child, args.fill) for _ in range(args.runs)]
         raw["pause"] = ps
