@@ -1,59 +1,110 @@
-"""A fixed, deterministic lookup workload for instruction and cache-miss counts.
+"""A fixed lookup workload for instruction and simulated cache-miss counts.
 
-    valgrind --tool=callgrind --cache-sim=yes --LL=4194304,16,64 \\
-        python -m tools.lookup_trace --items 200000 --keys 50000
-    (and once more with --dry: the difference is the lookups alone)
+    python -m tools.lookup_trace --valgrind [--items 200000] [--keys 20000] [--find]
 
-Timings on a shared machine move by tens of percent; simulated instruction
-and cache-miss counts of the same work do not.  The store is filled with
-``--items`` items (20-byte keys, 100-byte values), then ``--keys`` random
-keys of it are read through ``fetch_text`` in 100-key batches (the text
-multi-get path; recent replies off, so every key takes the index), and with
-``--find`` also one by one through ``store.find``.  The simulated last-level
-cache is set small (4 MiB) so that 200,000 items behave as a million do
-against the real 32 MiB one, at a fifth of the time under valgrind.
+Timings on a shared machine move by tens of percent; valgrind's counts of
+the same work do not.  This fills a store with ``--items`` items (20-byte
+keys, 100-byte values) at full speed, then switches callgrind's
+instrumentation on (``callgrind_control -i on``), warms the interpreter with
+2,000 lookups and reads ``--keys`` random keys of the store through
+``fetch_text`` in 100-key batches (the text multi-get path; recent replies
+off, so every key takes the index), or one by one through ``store.find``.
+Only the measured lookups are counted: they run under ``map()``, and
+callgrind collects inside ``map_next`` only.  The simulated last-level
+cache is 4 MiB, so 200,000 items (about 40 MB) are as far beyond it as a
+million are beyond the real 32 MiB one.
+
+``--valgrind`` runs itself under callgrind and prints the counts per key;
+without it, it is the workload (waiting for ``--go-file`` before the
+lookups when given).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import re
+import subprocess
 import sys
+import tempfile
+import time
 
 from memd.cache import store as S
 from memd.cache.clock import FakeClock
 from memd.cache.store import ItemStore, StoreSettings
 
 VALUE = b"v" * 100
+WARMUP = 2000
+LL = "4194304,16,64"
+
+
+def workload(items: int, n_keys: int, find: bool, go_file: str | None) -> None:
+    store = ItemStore(StoreSettings(mem_limit=4 << 30, recent_bytes=0), FakeClock())
+    put = store.store
+    for i in range(items):
+        put(S.SET, b"key:%016d" % i, 0, 0, VALUE)
+    rnd = random.Random(1)
+    warm = [b"key:%016d" % rnd.randrange(items) for _ in range(WARMUP)]
+    keys = [b"key:%016d" % rnd.randrange(items) for _ in range(n_keys)]
+    if go_file:
+        print("filled", flush=True)
+        while not os.path.exists(go_file):
+            time.sleep(0.05)
+    if find:
+        for k in warm:
+            store.find(k)
+        hits = sum(map(lambda k: store.find(k) >= 0, keys))
+    else:
+        def batch(keys: list) -> int:
+            out: list = []
+            store.fetch_text(keys, out)
+            return len(out)
+        for i in range(0, len(warm), 100):
+            batch(warm[i:i + 100])
+        hits = sum(map(batch, [keys[i:i + 100] for i in range(0, len(keys), 100)]))
+    assert hits == len(keys)
+
+
+def under_valgrind(args) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        go, out = os.path.join(tmp, "go"), args.out or os.path.join(tmp, "callgrind.out")
+        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
+               "--LL=" + LL, "--toggle-collect=map_next", "--callgrind-out-file=" + out,
+               sys.executable, "-m", "tools.lookup_trace", "--items", str(args.items),
+               "--keys", str(args.keys), "--go-file", go] + (["--find"] if args.find else [])
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "filled"
+        subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        open(go, "w").close()
+        _, err = p.communicate()
+        if p.returncode:
+            sys.stderr.write(err)
+            return 1
+        with open(out) as f:
+            text = f.read()
+    events = re.search(r"^events: (.*)$", text, re.M).group(1).split()
+    totals = [int(x) for x in re.search(r"^totals: (.*)$", text, re.M).group(1).split()]
+    per_key = {e: t / args.keys for e, t in zip(events, totals)}
+    print("%s over %d items, %d keys: per key %s" % (
+        "find" if args.find else "fetch_text", args.items, args.keys,
+        ", ".join("%s %.1f" % (e, per_key[e]) for e in ("Ir", "D1mr", "DLmr", "D1mw", "DLmw"))))
+    return 0
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=200_000)
-    ap.add_argument("--keys", type=int, default=50_000)
+    ap.add_argument("--keys", type=int, default=20_000)
     ap.add_argument("--find", action="store_true", help="store.find instead of fetch_text")
-    ap.add_argument("--dry", action="store_true", help="everything but the lookups")
+    ap.add_argument("--valgrind", action="store_true", help="run under callgrind, print counts")
+    ap.add_argument("--go-file", help="wait for this file before the lookups")
+    ap.add_argument("--out", help="keep callgrind's output here (for callgrind_annotate)")
     args = ap.parse_args(argv)
-    store = ItemStore(StoreSettings(mem_limit=4 << 30, recent_bytes=0), FakeClock())
-    put = store.store
-    for i in range(args.items):
-        put(S.SET, b"key:%016d" % i, 0, 0, VALUE)
-    rnd = random.Random(1)
-    keys = [b"key:%016d" % rnd.randrange(args.items) for _ in range(args.keys)]
-    hits = 0
-    if args.dry:
-        return 0
-    if args.find:
-        find = store.find
-        for k in keys:
-            hits += find(k) >= 0
-    else:
-        fetch = store.fetch_text
-        for i in range(0, len(keys), 100):
-            out: list = []
-            fetch(keys[i:i + 100], out)
-            hits += len(out)
-    assert hits == len(keys)
+    if args.valgrind:
+        return under_valgrind(args)
+    workload(args.items, args.keys, args.find, args.go_file)
     return 0
 
 
