@@ -8,7 +8,8 @@ keys, 100-byte values) at full speed, then switches callgrind's
 instrumentation on (``callgrind_control -i on``), warms the interpreter with
 2,000 lookups and reads ``--keys`` random keys of the store through
 ``fetch_text`` in 100-key batches (the text multi-get path; recent replies
-off, so every key takes the index), or one by one through ``store.find``.
+off, so every key takes the index, unless ``--recent``), or one by one
+through ``store.find``.
 Only the measured lookups are counted: they run under ``map()``, and
 callgrind collects inside ``map_next`` only.  The simulated last-level
 cache is 4 MiB, so 200,000 items (about 40 MB) are as far beyond it as a
@@ -36,16 +37,22 @@ from memd.cache.store import ItemStore, StoreSettings
 
 VALUE = b"v" * 100
 WARMUP = 2000
+RECENT_WARMUP = 80_000
 LL = "4194304,16,64"
 
 
-def workload(items: int, n_keys: int, find: bool, go_file: str | None) -> None:
-    store = ItemStore(StoreSettings(mem_limit=4 << 30, recent_bytes=0), FakeClock())
+def workload(items: int, n_keys: int, find: bool, go_file: str | None, recent: bool) -> None:
+    if recent:      # as a node started with -m 1024 (compare.py's) has them
+        store = ItemStore(StoreSettings(mem_limit=1 << 30), FakeClock())
+    else:
+        store = ItemStore(StoreSettings(mem_limit=4 << 30, recent_bytes=0), FakeClock())
     put = store.store
     for i in range(items):
         put(S.SET, b"key:%016d" % i, 0, 0, VALUE)
     rnd = random.Random(1)
-    warm = [b"key:%016d" % rnd.randrange(items) for _ in range(WARMUP)]
+    # with recent replies, warm up past their first full round: a load spread
+    # over far more keys than they hold is then answered with sampling on
+    warm = [b"key:%016d" % rnd.randrange(items) for _ in range(RECENT_WARMUP if recent else WARMUP)]
     keys = [b"key:%016d" % rnd.randrange(items) for _ in range(n_keys)]
     if go_file:
         print("filled", flush=True)
@@ -72,7 +79,8 @@ def under_valgrind(args) -> int:
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
                "--LL=" + LL, "--toggle-collect=map_next", "--callgrind-out-file=" + out,
                sys.executable, "-m", "tools.lookup_trace", "--items", str(args.items),
-               "--keys", str(args.keys), "--go-file", go] + (["--find"] if args.find else [])
+               "--keys", str(args.keys), "--go-file", go] + (["--find"] if args.find else []) \
+            + (["--recent"] if args.recent else [])
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "filled"
         subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True,
@@ -87,8 +95,9 @@ def under_valgrind(args) -> int:
     events = re.search(r"^events: (.*)$", text, re.M).group(1).split()
     totals = [int(x) for x in re.search(r"^totals: (.*)$", text, re.M).group(1).split()]
     per_key = {e: t / args.keys for e, t in zip(events, totals)}
-    print("%s over %d items, %d keys: per key %s" % (
-        "find" if args.find else "fetch_text", args.items, args.keys,
+    print("%s%s over %d items, %d keys: per key %s" % (
+        "find" if args.find else "fetch_text", " (recent replies on)" if args.recent else "",
+        args.items, args.keys,
         ", ".join("%s %.1f" % (e, per_key[e]) for e in ("Ir", "D1mr", "DLmr", "D1mw", "DLmw"))))
     return 0
 
@@ -101,10 +110,12 @@ def main(argv=None) -> int:
     ap.add_argument("--valgrind", action="store_true", help="run under callgrind, print counts")
     ap.add_argument("--go-file", help="wait for this file before the lookups")
     ap.add_argument("--out", help="keep callgrind's output here (for callgrind_annotate)")
+    ap.add_argument("--recent", action="store_true",
+                    help="recent replies on, as in a node with -m 1024 (off: the index alone)")
     args = ap.parse_args(argv)
     if args.valgrind:
         return under_valgrind(args)
-    workload(args.items, args.keys, args.find, args.go_file)
+    workload(args.items, args.keys, args.find, args.go_file, args.recent)
     return 0
 
 

@@ -57,6 +57,8 @@ MAX_IDS = (1 << 31) - 1
 MAX_RESERVE = 1 << 40
 # Linux: reserve address space without committing swap for it
 _MAP_NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
+import os
+HUGE_PAGES = hasattr(mmap, "MADV_HUGEPAGE") and os.environ.get("MEMD_HUGE", "1") == "1"
 
 
 class ItemRecords:
@@ -64,6 +66,8 @@ class ItemRecords:
         self.capacity = max(1, min(capacity, MAX_IDS, MAX_RESERVE // RECORD))
         self._map = mmap.mmap(-1, self.capacity * RECORD,
                               flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+        if HUGE_PAGES:
+            self._map.madvise(mmap.MADV_HUGEPAGE)
         whole = memoryview(self._map)
         for name, (fmt, offset) in FIELDS.items():
             size = _SIZES[fmt]
