@@ -27,6 +27,9 @@ import sys
 import tempfile
 import time
 
+from tools.multicore_compare import stop
+from tools.soak import free_port
+
 MCLOAD = os.path.join(tempfile.gettempdir(), "mcload-bin")
 MEMD = sys.executable + " -m memd -p {port} -m 1024"
 MEMCACHED = "memcached -U 0 -l 127.0.0.1 -m 1024 -t 1 -u root -p {port}"
@@ -37,12 +40,6 @@ SCENARIOS = {       # compare.py's, same mcload arguments: (args, unit)
     "mget100big": (["-c", "50", "-d", "1", "-m", "100", "-k", "1000000"], "keys"),
 }
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -79,12 +76,7 @@ def one(cmd: str, scenario: str, secs: float, mcload: str) -> dict:
         return {"user_us": user, "kernel_us": kernel, "total_us": user + kernel,
                 "per_s": r.get("ops_s" if unit == "ops" else "keys_s", 0)}
     finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop(p)
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,7 @@ import tempfile
 import time
 
 from memd.cluster.ring import HashRing
+from tools.soak import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RINGLOAD = os.path.join(tempfile.gettempdir(), "ringload-bin")
@@ -55,12 +56,6 @@ def build_ringload() -> None:
     src = os.path.join(HERE, "ringload.c")
     if not os.path.exists(RINGLOAD) or os.path.getmtime(RINGLOAD) < os.path.getmtime(src):
         subprocess.run(["gcc", "-O2", "-o", RINGLOAD, src], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(argv: list[str], port: int, cpu: str | None) -> subprocess.Popen:
