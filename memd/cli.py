@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-nodes", help="host:port,... announced by `config get cluster`")
     p.add_argument("--cluster-file", help="file of host:port lines announced by `config get cluster`"
                                           " (re-read when it changes)")
+    p.add_argument("--cluster-dns", metavar="NAME",
+                   help="announce the targets of NAME's SRV records (_memcache._tcp.NAME: a "
+                        "Kubernetes headless Service), looked up every few seconds")
     p.add_argument("--metrics-port", type=port_number,
                    help="serve Prometheus metrics over HTTP on this port")
     p.add_argument("--snapshot", metavar="FILE",
@@ -160,9 +163,13 @@ def settings_from(args) -> NodeSettings:
 
 def make_node(args, parser) -> Node:
     node = Node(settings_from(args))
-    if args.cluster_nodes or args.cluster_file:
+    if args.cluster_nodes or args.cluster_file or args.cluster_dns:
         from .cluster.config import ClusterConfig
-        node.cluster = ClusterConfig.from_options(args.cluster_nodes, args.cluster_file)
+        try:
+            node.cluster = ClusterConfig.from_options(
+                args.cluster_nodes, args.cluster_file, args.cluster_dns)
+        except (OSError, ValueError) as exc:
+            parser.error(f"cluster membership: {exc}")
     if args.auth_file:
         from .auth import Authenticator
         try:

@@ -17,6 +17,8 @@ logged; it never reaches the loop serving the others.
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import logging
 import select
 import signal
@@ -44,7 +46,14 @@ TICK = 0.1                     # seconds between housekeeping rounds
 RECLAIM_BUDGET = 2_000         # chunks the reclaimer looks at per tick (20k/s)
 SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown
 TLS_HANDSHAKE_TIMEOUT = 10.0   # a peer that never finishes its handshake is dropped
-CLUSTER_REFRESH_TICKS = 10     # re-read --cluster-file about once a second
+CLUSTER_POLL_SECONDS = 1.0     # re-read --cluster-file / DNS membership about once a second
+
+# A worker-thread call that shutdown does not wait for (a DNS lookup can hang
+# for its whole timeout). trio 0.23 renamed the flag.
+if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters:
+    _in_thread = functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True)
+else:
+    _in_thread = functools.partial(trio.to_thread.run_sync, cancellable=True)
 
 
 class Conn:
@@ -110,6 +119,8 @@ class Server:
             nursery.start_soon(self._io_loop)
             nursery.start_soon(self._housekeeping)
             nursery.start_soon(self._signals)
+            if self.node.cluster is not None:
+                nursery.start_soon(self._watch_cluster)
             task_status.started(self.bound)
             while not self.node.shutdown_requested:
                 await trio.sleep(0.05)
@@ -408,10 +419,20 @@ class Server:
 
     # -- housekeeping -------------------------------------------------------------------
 
+    async def _watch_cluster(self) -> None:
+        """Membership polling in a worker thread: file reads and DNS lookups
+        block, and a slow resolver must not hold up a single client."""
+        cluster = self.node.cluster
+        while True:
+            try:
+                await _in_thread(cluster.poll)
+            except Exception:
+                log.exception("cluster membership poll failed")
+            await trio.sleep(CLUSTER_POLL_SECONDS)
+
     async def _housekeeping(self) -> None:
-        """Once a tick: reclaim expired items, end idle connections, refresh membership."""
+        """Once a tick: reclaim expired items, end idle connections."""
         store = self.node.store
-        ticks = 0
         while True:
             await trio.sleep(TICK)
             if self.node.crawler_enabled:
@@ -428,12 +449,5 @@ class Server:
                     if info.last_cmd < cutoff:
                         log.info("<%d idle timeout (TLS)", info.fd)
                         scope.cancel()
-            ticks += 1
-            cluster = self.node.cluster
-            if cluster is not None and ticks % CLUSTER_REFRESH_TICKS == 0:
-                try:
-                    cluster.refresh()
-                except Exception:
-                    log.exception("cluster membership refresh failed")
             for hook in getattr(self.node, "tick_hooks", ()):
                 hook()
