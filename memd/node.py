@@ -35,6 +35,12 @@ class NodeSettings:
     idle_timeout: int = 0
     flush_enabled: bool = True
     recent_replies_mb: int = -1     # -1: the store's default (a sixteenth of the memory limit)
+    detail_delimiter: str = ":"     # -D: between a key's prefix and the rest, for `stats detail`
+    unix_socket: str | None = None  # -s: listen on this UNIX socket instead of TCP
+    unix_mask: int = 0o700          # -a: its access mask
+    backlog: int = 1024             # -b
+    protocol: str = "auto"          # -B: auto (by the first byte), ascii or binary
+    tls: bool = False               # the listeners speak TLS (set by the CLI)
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
@@ -84,6 +90,9 @@ class Node:
         self.cluster = None            # memd.cluster.config.ClusterConfig
         self.auth = None               # memd.auth.Authenticator
         self.shutdown_requested = False
+        # `stats <name>` groups beyond the built-in ones: name -> node -> (name, value) pairs
+        # (memd has no extstore, so `stats extstore` is empty, as in memcached without it)
+        self.stats_groups = {b"extstore": lambda node: []}
         self.counters = {"cmd_meta": 0, "store_too_large": 0, "store_no_memory": 0,
                          "auth_cmds": 0, "auth_errors": 0}
 
