@@ -284,7 +284,7 @@ def _choice(*names):
 FLAG = None           # an option written without a value (``-o lru_crawler``)
 ANY = str             # a value memd does not use (checked only for presence)
 # options memcached also takes without a value, and the value that means
-VALUE_IF_BARE = {"slab_automove": "1", "sock_cookie_id": "0", "slab_sizes": ""}
+VALUE_IF_BARE = {"slab_automove": "1", "resp_obj_mem_limit": ""}
 
 # name -> (value parser, where it goes).  Where: an attribute of the parsed
 # arguments (applied), a callable (applied), or a string starting with "-"
@@ -310,9 +310,9 @@ OPTIONS: dict = {
     "hashpower": (_int_in(12, 64), "-memd's hash table grows by itself"),
     "no_hashexpand": (FLAG, "-memd's hash table always grows one bucket at a time"),
     "slab_automove_ratio": (positive_float, "-memd's automover has no ratio knob"),
-    "slab_automove_window": (positive_int, "-memd's automover has no window knob"),
+    "slab_automove_window": (_int_in(3, rule="slab_automove_window must be > 2"), "-memd's automover has no window knob"),
     "slab_automove_freeratio": (positive_float, "-memd's automover has no free ratio knob"),
-    "tail_repair_time": (non_negative_int, "-memd has no item reference counts to repair"),
+    "tail_repair_time": (_int_in(10, rule="cannot set tail_repair_time to less than 10 seconds"), "-memd has no item reference counts to repair"),
     "hash_algorithm": (_choice("jenkins", "murmur3", "xxh3"),
                        "-memd's index always hashes with xxh3"),
     "lru_crawler_sleep": (_int_in(0, 1000000), "-the crawler runs in memd's housekeeping tick"),
@@ -326,7 +326,7 @@ OPTIONS: dict = {
     "temporary_ttl": (non_negative_int, "-memd has no segmented LRU"),
     "watcher_logbuf_size": (positive_int, "-memd's watchers have their own 1 MiB buffer"),
     "worker_logbuf_size": (positive_int, "-memd has no worker threads"),
-    "slab_sizes": (ANY, "-memd's slab classes follow -f and -n"),
+    "slab_sizes": (non_empty, "-memd's slab classes follow -f and -n"),
     "slab_chunk_max": (positive_int, "-memd's slab classes follow -f and -n"),
     "track_sizes": (FLAG, "-stats sizes is not tracked by memd"),
     "inline_ascii_resp": (FLAG, "-a no-op in memcached 1.6 as well"),
@@ -338,7 +338,7 @@ OPTIONS: dict = {
     "no_drop_privileges": (FLAG, "-memd has no seccomp sandbox"),
     "resp_obj_mem_limit": (ANY, "-deprecated in memcached too"),
     "read_buf_mem_limit": (non_negative_int, "-memd has no shared read buffer pool"),
-    "sock_cookie_id": (ANY, "-memd sets no socket cookie"),
+    "sock_cookie_id": (non_negative_int, "-memd sets no socket cookie"),
     "ssl_keyformat": (_int_in(0, 3), "-keys are read as PEM"),
     "ssl_wbuf_size": (positive_int, "-trio sizes the TLS output buffer"),
     "ssl_session_cache": (FLAG, "-Python's TLS server keeps its own session cache"),

@@ -178,17 +178,18 @@ class Server:
             nursery.start_soon(self._stream_watchers if self.portable else self._io_loop)
             nursery.start_soon(self._housekeeping)
             if threading.current_thread() is threading.main_thread():
-                nursery.start_soon(self._signals)    # signals reach only the main thread
+                await nursery.start(self._signals)   # signals reach only the main thread
             task_status.started(self.bound)
             while not self.node.shutdown_requested:
                 await trio.sleep(0.05)
             await self._shutdown()
             nursery.cancel_scope.cancel()
 
-    async def _signals(self) -> None:
+    async def _signals(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         hup = getattr(signal, "SIGHUP", None)      # not on Windows
         wanted = [s for s in (signal.SIGTERM, signal.SIGINT, hup) if s is not None]
         with trio.open_signal_receiver(*wanted) as sigs:
+            task_status.started()            # handlers in place before anyone is told we listen
             async for signum in sigs:
                 if signum == hup:
                     self._reload()
