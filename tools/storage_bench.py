@@ -149,7 +149,8 @@ def summarize(name: str, values: list[float], fmt: str = "{:.1f}") -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--items", type=int, default=1_000_000, help="items for (a) and (b)")
     ap.add_argument("--fill", type=int, default=2_000_000, help="items for (c)")
@@ -160,10 +161,20 @@ def main(argv=None) -> int:
     only = set(args.only or ["rss", "lookup", "pause"])
     raw: dict[str, list] = {}
 
-    print("Python %s; %d items of 20-byte keys / 100-byte values" % (
-        sys.version.split()[0], args.items))
+    print("Python %s; 20-byte keys / 100-byte values; (a) and (b) over %d items, (c) fills "
+          "%d items; %d runs each" % (sys.version.split()[0], args.items, args.fill, args.runs),
+          flush=True)
+
+    def runs(name, fn, *fn_args):
+        out = []
+        for i in range(args.runs):
+            # progress on stderr: a full run takes minutes
+            print(f"  {name}: run {i + 1}/{args.runs}...", file=sys.stderr, flush=True)
+            out.append(run_child(fn, *fn_args))
+        return out
+
     if "rss" in only:
-        rs = [run_child(_rss_child, args.items) for _ in range(args.runs)]
+        rs = runs("(a) memory", _rss_child, args.items)
         raw["rss"] = rs
         print("(a) memory")
         print("  " + summarize("RSS bytes per item", [r["per_item"] for r in rs]))
@@ -171,7 +182,7 @@ def main(argv=None) -> int:
         print("  metadata bytes per id: %d; -m accounted: %.1f MiB; index buckets: %d" % (
             r["bytes_per_id"], r["accounted"] / 2 ** 20, r["index_buckets"]))
     if "lookup" in only:
-        ls = [run_child(_lookup_child, args.items, args.seconds) for _ in range(args.runs)]
+        ls = runs("(b) lookups", _lookup_child, args.items, args.seconds)
         raw["lookup"] = ls
         print("(b) lookups per second over the filled store")
         print("  " + summarize("store.find /s", [x["find_per_s"] for x in ls], "{:,.0f}"))
@@ -180,7 +191,7 @@ def main(argv=None) -> int:
         print("  " + summarize("dict.get /s (for scale)",
                                [x["dict_get_per_s"] for x in ls], "{:,.0f}"))
     if "pause" in only:
-        ps = [run_child(_pause_child, args.fill) for _ in range(args.runs)]
+        ps = runs("(c) pauses", _pause_child, args.fill)
         raw["pause"] = ps
         print("(c) pauses filling %d items, gc enabled" % args.fill)
         print("  " + summarize("longest pause ms", [p["max_pause_ms"] for p in ps], "{:.2f}"))
