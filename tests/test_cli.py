@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -22,6 +21,7 @@ from memd.node import Node
 
 import servers
 import wire
+from pki import make_pki
 
 READY = re.compile(r"^memd ready: version=(\S+) listen=(\S+) memory=(\d+)MB tls=(\S+) "
                    r"auth=(on|off) cluster=(on|off) metrics=(\S+) snapshot=(on|off)$")
@@ -335,9 +335,8 @@ def test_the_startup_line_names_every_bound_address_also_with_port_0(tmp_path):
 
 
 def test_the_startup_line_lists_tls_and_metrics_listeners(tmp_path):
-    cert = tmp_path / "cert.pem"
-    key = tmp_path / "key.pem"
-    _self_signed(cert, key)
+    made = make_pki(tmp_path / "pki")
+    cert, key = made["server.pem"], made["server.key"]
     users = tmp_path / "users"
     users.write_text("u:p\n")
     proc, m = start_memd("-p", "0", "--tls-port", "0", "--tls-cert", str(cert), "--tls-key",
@@ -350,14 +349,6 @@ def test_the_startup_line_lists_tls_and_metrics_listeners(tmp_path):
         assert (auth, cluster) == ("on", "on") and re.fullmatch(r"127\.0\.0\.1:\d+", metrics)
     finally:
         stop(proc)
-
-
-def _self_signed(cert, key):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
 
 
 def test_a_unix_socket_speaks_text_meta_and_binary_with_its_mask(tmp_path):

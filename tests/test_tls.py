@@ -1,75 +1,35 @@
 """TLS: pymemcache over TLS, mutual TLS, and failed handshakes hurting no one else.
 
-Certificates are made inside the test (``cryptography``) into tmp_path: a
-CA, a server certificate for 127.0.0.1 signed by it, a client certificate
-signed by it, and a client certificate signed by another CA.
+Certificates come from the openssl recipe of docs/security.md, run as written
+(tests/pki.py): a CA, a server certificate for localhost and 127.0.0.1, a
+client certificate; running it again in another directory gives a client
+certificate signed by another CA.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import ssl
 import time
 
 import pytest
+from pymemcache.client.base import Client
 
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from pymemcache.client.base import Client  # noqa: E402
-
-import servers  # noqa: E402
-from memd.tls import server_context  # noqa: E402
-
-
-def _name(cn):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(subject, key, issuer, issuer_key, *, ca=False, server=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _write(path, cert, key=None):
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is not None:
-        kp = path.with_suffix(".key")
-        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
-        return str(path), str(kp)
-    return str(path)
+import servers
+from memd.tls import server_context
+from pki import make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("memd test CA", ca_key, "memd test CA", ca_key, ca=True)
-    other_key = ec.generate_private_key(ec.SECP256R1())
-    other = _cert("other CA", other_key, "other CA", other_key, ca=True)
-    srv_key = ec.generate_private_key(ec.SECP256R1())
-    cli_key = ec.generate_private_key(ec.SECP256R1())
-    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    ours = make_pki(d / "ours")
+    other = make_pki(d / "other")
     return {
-        "ca": _write(d / "ca.pem", ca),
-        "server": _write(d / "server.pem", _cert("127.0.0.1", srv_key, "memd test CA", ca_key,
-                                                 server=True), srv_key),
-        "client": _write(d / "client.pem", _cert("client", cli_key, "memd test CA", ca_key), cli_key),
-        "rogue": _write(d / "rogue.pem", _cert("rogue", rogue_key, "other CA", other_key), rogue_key),
+        "ca": ours["ca.pem"],
+        "server": (ours["server.pem"], ours["server.key"]),
+        "client": (ours["client.pem"], ours["client.key"]),
+        "rogue": (other["client.pem"], other["client.key"]),
     }
 
 
