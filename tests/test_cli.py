@@ -484,3 +484,14 @@ def test_a_signal_shuts_down_gracefully_with_status_0(signum):
             socket.create_connection((host, int(port)), timeout=1)
     finally:
         stop(proc)
+
+
+def test_docs_list_every_flag_and_o_option_with_what_memd_does():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    rows = {line.split("|")[1].strip() for line in doc.splitlines() if line.startswith("| `")}
+    for name in OPTIONS:
+        assert f"`{name}`" in rows, name
+    shorts = set(re.findall(r"^(-[A-Za-z])[, ]", _memcached_help(), re.M))
+    for flag in shorts:
+        assert any(re.search(rf"`{flag}[`, ]", row) for row in rows), flag
