@@ -495,3 +495,16 @@ def test_docs_list_every_flag_and_o_option_with_what_memd_does():
     shorts = set(re.findall(r"^(-[A-Za-z])[, ]", _memcached_help(), re.M))
     for flag in shorts:
         assert any(re.search(rf"`{flag}[`, ]", row) for row in rows), flag
+
+
+def test_stats_settings_tells_what_the_flags_set(tmp_path):
+    sock = str(tmp_path / "m.sock")
+    with memd.serve("-s", sock, "-a", "770", "-D", "/", "-b", "64", "-B", "ascii",
+                    "-o", "no_lru_crawler") as node:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(node.address)
+            s.sendall(b"stats settings\r\n")
+            reply = _recv_until(s, b"END\r\n").decode()
+    for line in (f"domain_socket {sock}", "umask 770", "stat_key_prefix /", "tcp_backlog 64",
+                 "binding_protocol ascii", "lru_crawler no", "num_threads 1"):
+        assert f"STAT {line}\r\n" in reply, line
