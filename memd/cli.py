@@ -153,15 +153,15 @@ def user_name(text: str) -> str:
 
 # -- flags ------------------------------------------------------------------------------
 
-# Flags memcached has and memd takes without acting on them: dest -> why.
+# Flags memcached has and memd takes without acting on them: dest -> (flag, why).
 NO_EFFECT = {
-    "threads": "memd runs one event loop per process (run one node per core)",
-    "reqs_per_event": "memd answers every command of a read before reading again",
-    "disable_cas": "memd always keeps CAS values",
-    "large_pages": "memd's slab pages are ordinary Python buffers",
-    "disable_dumping": "stats cachedump and lru_crawler metadump stay available",
-    "disable_watch": "the watch command stays available",
-    "napi_ids": "memd has no per-NAPI-id worker threads",
+    "threads": ("-t", "memd runs one event loop per process (run one node per core)"),
+    "reqs_per_event": ("-R", "memd answers every command of a read before reading again"),
+    "disable_cas": ("-C", "memd always keeps CAS values"),
+    "large_pages": ("-L", "memd's slab pages are ordinary Python buffers"),
+    "disable_dumping": ("-X", "stats cachedump and lru_crawler metadump stay available"),
+    "disable_watch": ("-W", "the watch command stays available"),
+    "napi_ids": ("-N", "memd has no per-NAPI-id worker threads"),
 }
 
 
@@ -173,6 +173,11 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                            argument_default=None if defaults else argparse.SUPPRESS)
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     add = p.add_argument
+
+    def switch(*names, **kw):
+        """A flag without a value (off unless given)."""
+        add(*names, action="store_true", default=d(False), **kw)
+
     add("--config", metavar="FILE", default=d(None),
         help="TOML settings file: long flag names as keys, -o options under [options]; "
              "flags on the command line override it")
@@ -185,28 +190,26 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
              "in memcached")
     add("-a", "--unix-mask", type=octal_mask, default=d(0o700), metavar="MASK",
         help="access mask of the UNIX socket, in octal")
-    add("-A", "--enable-shutdown", action="store_true", default=d(False),
-        help="enable the shutdown command")
+    switch("-A", "--enable-shutdown", help="enable the shutdown command")
     add("-l", "--listen", type=non_empty, default=d("127.0.0.1"),
         help="interface(s) to listen on, comma separated")
-    add("-d", "--daemon", action="store_true", default=d(False),
-        help="run in the background (the startup line is printed before detaching)")
-    add("-r", "--enable-coredumps", action="store_true", default=d(False),
-        help="raise the core file size limit to its maximum")
+    switch("-d", "--daemon",
+           help="run in the background (the startup line is printed before detaching)")
+    switch("-r", "--enable-coredumps",
+           help="raise the core file size limit to its maximum")
     add("-u", "--user", type=user_name, default=d(None),
         help="switch to this user after binding (only when started as root)")
     add("-m", "--memory-limit", type=positive_int, default=d(64), metavar="MB",
         help="item memory in megabytes, metadata included")
-    add("-M", "--disable-evictions", action="store_true", default=d(False),
-        help="return an error on memory exhausted instead of evicting")
+    switch("-M", "--disable-evictions",
+           help="return an error on memory exhausted instead of evicting")
     add("-c", "--conn-limit", type=positive_int, default=d(1024),
         help="max simultaneous connections")
-    add("-k", "--lock-memory", action="store_true", default=d(False),
-        help="lock the process's memory in RAM (mlockall; a warning if refused)")
+    switch("-k", "--lock-memory",
+           help="lock the process's memory in RAM (mlockall; a warning if refused)")
     add("-v", "--verbose", action="count", default=d(0),
         help="verbose (-v) or very verbose (-vv) logging to stderr")
-    add("-i", "--license", action="store_true", default=d(False),
-        help="print memd's license and exit")
+    switch("-i", "--license", help="print memd's license and exit")
     add("-V", "--version", action="version", version=f"memd {__version__} ({VERSION})")
     add("-P", "--pidfile", metavar="FILE", type=writable_path, default=d(None),
         help="write the process id to FILE (removed at exit)")
@@ -214,37 +217,32 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
         help="chunk size growth factor")
     add("-n", "--slab-min-size", type=positive_int, default=d(48), metavar="BYTES",
         help="min space for key+value+flags")
-    add("-L", "--enable-largepages", dest="large_pages", action="store_true", default=d(False),
-        help="accepted; no effect in memd")
+    switch("-L", "--enable-largepages", dest="large_pages", help="accepted; no effect in memd")
     add("-D", "--detail-delimiter", dest="detail_delimiter", type=one_char, default=d(":"), metavar="CHAR",
         help="delimiter between key prefixes and ids in `stats detail`")
     add("-t", "--threads", type=positive_int, default=d(1),
         help="accepted; memd runs one event loop per process (run one node per core)")
     add("-R", "--max-reqs-per-event", dest="reqs_per_event", type=positive_int,
         default=d(20), help="accepted; no effect in memd")
-    add("-C", "--disable-cas", action="store_true", default=d(False),
-        help="accepted; no effect in memd (CAS values are always kept)")
+    switch("-C", "--disable-cas", help="accepted; no effect in memd (CAS values are always kept)")
     add("-b", "--listen-backlog", type=positive_int, default=d(1024),
         help="backlog of the listening sockets")
     add("-B", "--protocol", choices=("auto", "ascii", "binary"), default=d("auto"),
         help="protocol spoken: ascii (text and meta), binary, or auto (by the first byte)")
     add("-I", "--max-item-size", type=parse_size, default=d(1 << 20), metavar="SIZE",
         help="max item size, k/m suffixes allowed")
-    add("-S", "--enable-sasl", action="store_true", default=d(False),
-        help="require SASL (binary protocol only, as memcached); users from -Y or the "
+    switch("-S", "--enable-sasl",
+           help="require SASL (binary protocol only, as memcached); users from -Y or the "
              "file named by $MEMCACHED_SASL_PWDB")
-    add("-F", "--disable-flush-all", action="store_true", default=d(False),
-        help="disable the flush_all command")
-    add("-X", "--disable-dumping", action="store_true", default=d(False),
-        help="accepted; no effect in memd")
-    add("-W", "--disable-watch", action="store_true", default=d(False),
-        help="accepted; no effect in memd")
+    switch("-F", "--disable-flush-all", help="disable the flush_all command")
+    switch("-X", "--disable-dumping",
+           help="accepted; no effect in memd")
+    switch("-W", "--disable-watch", help="accepted; no effect in memd")
     add("-Y", "--auth-file", type=readable_file, default=d(None),
         help="user:password file; enables authentication (re-read on SIGHUP)")
     add("-e", "--memory-file", type=writable_path, default=d(None), metavar="FILE",
         help="restartable cache: memd keeps it as a snapshot file (see --snapshot)")
-    add("-Z", "--enable-ssl", action="store_true", default=d(False),
-        help="enable TLS (memcached's -Z)")
+    switch("-Z", "--enable-ssl", help="enable TLS (memcached's -Z)")
     add("-o", "--extended", action="append", default=d([]), metavar="OPTS",
         help="memcached's extended options, comma separated (see docs/operations.md)")
     add("-N", "--napi-ids", "--napi_ids", dest="napi_ids", type=positive_int, default=d(None),
@@ -522,11 +520,8 @@ def check(args) -> list[str]:
         warnings.append("-U has no effect in memd: memd has no UDP; only TCP is served")
     if args.user and hasattr(os, "geteuid") and os.geteuid() != 0:
         warnings.append("-u has no effect: memd was not started as root")
-    for dest, why in NO_EFFECT.items():
+    for dest, (flag, why) in NO_EFFECT.items():
         if args.sources.get(dest) != "default":
-            flag = {"threads": "-t", "reqs_per_event": "-R", "disable_cas": "-C",
-                    "large_pages": "-L", "disable_dumping": "-X", "disable_watch": "-W",
-                    "napi_ids": "-N"}[dest]
             warnings.append(f"{flag} has no effect in memd: {why}")
     tls_options = [k for k in ("ssl_chain_cert", "ssl_key", "ssl_ca_cert", "ssl_verify_mode",
                                "ssl_min_version", "ssl_ciphers") if getattr(args, k) is not None]

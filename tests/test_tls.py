@@ -175,3 +175,44 @@ def test_an_idle_tls_connection_is_closed_by_the_idle_timeout(pki, memd_server_f
         assert time.monotonic() - started < 4
     finally:
         conn.close()
+
+
+def _version_over_tls(address, ctx) -> bytes:
+    with socket.create_connection(address, timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="127.0.0.1") as t:
+            t.sendall(b"version\r\n")
+            return t.recv(100)
+
+
+@pytest.mark.parametrize("mode, client_needs_a_certificate",
+                         [(None, False), ("0", False), ("1", False), ("2", True), ("3", True)])
+def test_memcached_ssl_options_take_effect_with_Z(pki, mode, client_needs_a_certificate):
+    """-Z -o ssl_chain_cert,ssl_key,ssl_ca_cert[,ssl_verify_mode]: memcached's spelling;
+    ssl_ca_cert alone does not ask for a client certificate (mode 0, as memcached)."""
+    import memd
+    cert, key = pki["server"]
+    opts = f"ssl_chain_cert={cert},ssl_key={key},ssl_ca_cert={pki['ca']}"
+    if mode is not None:
+        opts += f",ssl_verify_mode={mode}"
+    with memd.serve("-Z", "-o", opts) as node:
+        assert _version_over_tls(node.address, client_context(pki, "client")).startswith(b"VERSION")
+        if client_needs_a_certificate:
+            # TLS 1.3 reports the refusal on the first read: an error or a closed stream
+            try:
+                reply = _version_over_tls(node.address, client_context(pki))
+            except (ssl.SSLError, OSError):
+                reply = b""
+            assert reply == b""
+        else:
+            assert _version_over_tls(node.address, client_context(pki)).startswith(b"VERSION")
+
+
+def test_ssl_min_version_3_refuses_tls_1_2(pki):
+    import memd
+    cert, key = pki["server"]
+    with memd.serve("-Z", "-o", f"ssl_chain_cert={cert},ssl_key={key},ssl_min_version=3") as node:
+        old = client_context(pki)
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, OSError)):
+            _version_over_tls(node.address, old)
+        assert _version_over_tls(node.address, client_context(pki)).startswith(b"VERSION")
