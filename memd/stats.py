@@ -8,8 +8,13 @@ are reported as 0 so that dashboards and exporters find every field.
 
 from __future__ import annotations
 
-import resource
+import os
 import time
+
+try:
+    import resource
+except ImportError:            # Windows: os.times() has the same two figures
+    resource = None
 
 from .node import Node
 
@@ -20,6 +25,9 @@ def render(pairs) -> bytes:
 
 
 def _rusage() -> tuple[str, str]:
+    if resource is None:
+        t = os.times()
+        return f"{t.user:.6f}", f"{t.system:.6f}"
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return f"{ru.ru_utime:.6f}", f"{ru.ru_stime:.6f}"
 
