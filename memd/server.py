@@ -91,6 +91,14 @@ class StreamConn:
             await self.stream.send_all(data)
         node.bytes_written += len(data)
 
+    async def send_watch(self, lines: bytes, node: Node) -> None:
+        """`watch` lines, sent from a task of their own: a connection gone
+        meanwhile ends only this send (its own task sees it close)."""
+        try:
+            await self.send(lines, node)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
 
 class Server:
     def __init__(self, node: Node, ssl_context=None, tls_port: int | None = None) -> None:
@@ -392,7 +400,7 @@ class Server:
             if wconn is not None and not wconn.pending:
                 self._send(wconn, lines)
             elif stream is not None and not stream.sending.locked():
-                self.nursery.start_soon(stream.send, lines, self.node)
+                self.nursery.start_soon(stream.send_watch, lines, self.node)
             elif wconn is not None or stream is not None:
                 watch.skipped += lines.count(b"\n")
 
