@@ -542,6 +542,8 @@ def check(args) -> list[str]:
             args.tls_ca = args.ssl_ca_cert
             if args.ssl_verify_mode is None:
                 args.ssl_verify_mode = 0      # memcached's default: no client certificate asked
+        if args.ssl_verify_mode is None:
+            args.ssl_verify_mode = 2 if args.tls_ca else 0    # --tls-ca means mutual TLS
         if args.unix_socket:
             warnings.append("-s: the UNIX socket speaks plain text, without TLS, as in memcached")
     return warnings
@@ -565,6 +567,10 @@ def settings_from(args) -> NodeSettings:
         idle_timeout=args.idle_timeout,
         flush_enabled=not args.disable_flush_all,
         recent_replies_mb=-1 if args.recent_replies_mb is None else args.recent_replies_mb,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
+        tls_verify_mode=args.ssl_verify_mode or 0,
+        tls_min_version=2 if args.ssl_min_version is None else args.ssl_min_version,
+        tls_ciphers=args.ssl_ciphers,
         detail_delimiter=args.detail_delimiter,
         unix_socket=args.unix_socket,
         unix_mask=args.unix_mask,

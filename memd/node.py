@@ -41,6 +41,12 @@ class NodeSettings:
     backlog: int = 1024             # -b
     protocol: str = "auto"          # -B: auto (by the first byte), ascii or binary
     tls: bool = False               # the listeners speak TLS (set by the CLI)
+    tls_cert: str | None = None     # what `stats settings` reports as ssl_*
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify_mode: int = 0        # memcached's ssl_verify_mode, 0-3
+    tls_min_version: int = 2        # memcached's ssl_min_version, 0-3 (TLS 1.0-1.3)
+    tls_ciphers: str | None = None
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(

@@ -125,13 +125,12 @@ def settings(node: Node) -> list:
         ("ext_recache_rate", 2000), ("ext_wbuf_size", 4194304), ("ext_compact_under", 0),
         ("ext_drop_under", 0), ("ext_max_sleep", 1000000), ("ext_max_frag", "0.80"),
         ("slab_automove_freeratio", "0.010"), ("ext_drop_unread", "no"),
-        ("ssl_enabled", "yes" if getattr(st, "tls", False) else "no"),
-        ("ssl_chain_cert", getattr(st, "tls_cert", None) or "(null)"),
-        ("ssl_key", getattr(st, "tls_key", None) or "(null)"),
-        ("ssl_verify_mode", 3 if getattr(st, "tls_ca", None) else 0), ("ssl_keyformat", 1),
-        ("ssl_ciphers", "NULL"), ("ssl_ca_cert", getattr(st, "tls_ca", None) or "NULL"),
+        ("ssl_enabled", "yes" if st.tls else "no"),
+        ("ssl_chain_cert", st.tls_cert or "(null)"), ("ssl_key", st.tls_key or "(null)"),
+        ("ssl_verify_mode", st.tls_verify_mode), ("ssl_keyformat", 1),
+        ("ssl_ciphers", st.tls_ciphers or "NULL"), ("ssl_ca_cert", st.tls_ca or "NULL"),
         ("ssl_wbuf_size", 16384), ("ssl_session_cache", "no"), ("ssl_kernel_tls", "no"),
-        ("ssl_min_version", "tlsv1.2"),
+        ("ssl_min_version", f"tlsv1.{st.tls_min_version}"),
         ("num_napi_ids", "(null)"), ("memory_file", "(null)"),
     ]
 

@@ -216,3 +216,21 @@ def test_ssl_min_version_3_refuses_tls_1_2(pki):
         with pytest.raises((ssl.SSLError, OSError)):
             _version_over_tls(node.address, old)
         assert _version_over_tls(node.address, client_context(pki)).startswith(b"VERSION")
+
+
+def test_stats_settings_reports_the_tls_settings(pki):
+    import memd
+    import wire
+    cert, key = pki["server"]
+    opts = f"ssl_chain_cert={cert},ssl_key={key},ssl_ca_cert={pki['ca']},ssl_verify_mode=1"
+    with memd.serve("-Z", "-o", opts + ",ssl_min_version=3,ssl_ciphers=HIGH") as node:
+        with socket.create_connection(node.address, timeout=5) as s:
+            with client_context(pki, "client").wrap_socket(s, server_hostname="127.0.0.1") as t:
+                t.sendall(b"stats settings\r\n")
+                reply = b""
+                while not reply.endswith(b"END\r\n"):
+                    reply += t.recv(65536)
+    for line in ("ssl_enabled yes", f"ssl_chain_cert {cert}", f"ssl_key {key}",
+                 f"ssl_ca_cert {pki['ca']}", "ssl_verify_mode 1", "ssl_min_version tlsv1.3",
+                 "ssl_ciphers HIGH"):
+        assert f"STAT {line}\r\n".encode() in reply, line
