@@ -16,7 +16,7 @@ import os
 import sys
 
 from . import __version__
-from .node import VERSION, Node, NodeSettings
+from .node import VERSION, Node, NodeSettings, listen_entry
 
 log = logging.getLogger("memd")
 
@@ -132,6 +132,19 @@ def writable_path(text: str) -> str:
     return text
 
 
+def listen_list(text: str) -> str:
+    """-l: comma-separated ``[notls:]host[:port]`` entries."""
+    entries = [e.strip() for e in str(text).split(",") if e.strip()]
+    if not entries:
+        raise argparse.ArgumentTypeError("no address to listen on")
+    for entry in entries:
+        try:
+            listen_entry(entry)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def non_empty(text: str) -> str:
     if not str(text).strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -191,8 +204,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     add("-a", "--unix-mask", type=octal_mask, default=d(0o700), metavar="MASK",
         help="access mask of the UNIX socket, in octal")
     switch("-A", "--enable-shutdown", help="enable the shutdown command")
-    add("-l", "--listen", type=non_empty, default=d("127.0.0.1"),
-        help="interface(s) to listen on, comma separated")
+    add("-l", "--listen", type=listen_list, default=d("127.0.0.1"),
+        help="interface(s) to listen on, comma separated; host:port picks a port per "
+             "interface, notls:host a plain listener when TLS is on (as memcached)")
     switch("-d", "--daemon",
            help="run in the background (the startup line is printed before detaching)")
     switch("-r", "--enable-coredumps",

@@ -59,6 +59,25 @@ class NodeSettings:
         )
 
 
+def listen_entry(text: str) -> tuple[str, int | None, bool]:
+    """One ``-l`` entry as memcached reads it: ``[notls:]host[:port]``, an IPv6
+    host in brackets when a port follows.  (host, port or None, TLS allowed)."""
+    tls = not text.startswith("notls:")
+    text = text if tls else text[len("notls:"):]
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad listen address: {text!r}")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if not host or (port is not None and not (port.isdigit() and int(port) <= 65535)):
+        raise ValueError(f"bad listen address: {text!r}")
+    return host, None if port is None else int(port), tls
+
+
 class ConnInfo:
     """One connection as `stats conns` reports it."""
 

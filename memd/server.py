@@ -33,7 +33,7 @@ import time
 
 import trio
 
-from .node import ConnInfo, Node
+from .node import ConnInfo, Node, listen_entry
 from .protocol import BINARY_REQUEST_MAGIC, protocol_for
 
 log = logging.getLogger("memd")
@@ -129,8 +129,10 @@ class Server:
         ports = [(st.port, plain_is_tls)]
         if self.tls_port is not None:
             ports.append((self.tls_port, True))
-        for host in st.listen:
-            for port, tls in ports:
+        for entry in st.listen:
+            host, own_port, tls_allowed = listen_entry(entry)
+            for port, tls in ([(own_port, plain_is_tls)] if own_port is not None else ports):
+                tls = tls and tls_allowed
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 lsock = trio.socket.socket(family, socket.SOCK_STREAM)
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

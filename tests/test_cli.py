@@ -70,7 +70,7 @@ def _bad_cases(tmp):
         "-U": ["-1", "x", ""],
         "-s": [nodir, ""],
         "-a": ["9", "x", "", "1000"],
-        "-l": [""],
+        "-l": ["", ",", "127.0.0.1:x", "127.0.0.1:70000", "[::1", ":11211"],
         "-u": ["no-such-user-memd", ""],
         "-m": ["0", "-5", "x", ""],
         "-c": ["0", "-1", "x", ""],
@@ -115,12 +115,20 @@ def test_the_bad_value_table_covers_every_flag_that_takes_a_value(tmp_path):
     assert set(_bad_cases(tmp_path)) == _value_flags()
 
 
-def test_every_bad_flag_value_prints_one_line_and_exits_2_before_listening(tmp_path, capsys):
+def test_every_bad_flag_value_prints_one_line_and_exits_2_before_listening(tmp_path, capsys,
+                                                                          monkeypatch):
+    def listening(*args):
+        raise AssertionError("memd went on to listen")
+    monkeypatch.setattr("memd.cli.run", listening)
     failures = []
     for flag, values in _bad_cases(tmp_path).items():
         for value in values:
-            with pytest.raises(SystemExit) as exit_:
-                main([flag, value, "-p", "0"])
+            try:
+                with pytest.raises(SystemExit) as exit_:
+                    main([flag, value, "-p", "0"])
+            except AssertionError:
+                failures.append((flag, value, "accepted"))
+                continue
             err = capsys.readouterr().err
             lines = err.strip().splitlines()
             if exit_.value.code != 2 or len(lines) != 1 or not lines[0].startswith("memd: error:"):
@@ -508,3 +516,13 @@ def test_stats_settings_tells_what_the_flags_set(tmp_path):
     for line in (f"domain_socket {sock}", "umask 770", "stat_key_prefix /", "tcp_backlog 64",
                  "binding_protocol ascii", "lru_crawler no", "num_threads 1"):
         assert f"STAT {line}\r\n" in reply, line
+
+
+def test_listen_takes_memcacheds_host_port_form():
+    port = servers.free_port()
+    with memd.serve("-l", f"127.0.0.1:{port},127.0.0.2") as node:
+        assert node.addresses[0] == f"127.0.0.1:{port}"
+        assert node.addresses[1].startswith("127.0.0.2:")
+        for address in node.addresses:
+            host, p = address.rsplit(":", 1)
+            assert wire.exchange((host, int(p)), b"version\r\n").data.startswith(b"VERSION")

@@ -234,3 +234,16 @@ def test_stats_settings_reports_the_tls_settings(pki):
                  f"ssl_ca_cert {pki['ca']}", "ssl_verify_mode 1", "ssl_min_version tlsv1.3",
                  "ssl_ciphers HIGH"):
         assert f"STAT {line}\r\n".encode() in reply, line
+
+
+def test_a_notls_listener_speaks_plain_text_beside_tls(pki):
+    import memd
+    import wire
+    cert, key = pki["server"]
+    port = servers.free_port()
+    with memd.serve("-l", f"notls:127.0.0.1:{port},127.0.0.1", tls=(cert, key)) as node:
+        plain, secure = node.addresses
+        assert plain == f"127.0.0.1:{port}"
+        assert wire.exchange(("127.0.0.1", port), b"version\r\n").data.startswith(b"VERSION")
+        host, p = secure.rsplit(":", 1)
+        assert _version_over_tls((host, int(p)), client_context(pki)).startswith(b"VERSION")
