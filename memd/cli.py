@@ -560,6 +560,9 @@ def check(args) -> list[str]:
             args.ssl_verify_mode = 2 if args.tls_ca else 0    # --tls-ca means mutual TLS
         if args.unix_socket:
             warnings.append("-s: the UNIX socket speaks plain text, without TLS, as in memcached")
+    if args.memory_file and not args.snapshot:
+        warnings.append("-e: memd keeps the restartable cache as a snapshot file, written on "
+                        "graceful shutdown and loaded at start")
     return warnings
 
 
@@ -690,6 +693,20 @@ def _drop_privileges(user: str) -> None:
     os.setuid(pw.pw_uid)
 
 
+def build(args):
+    """The node and TLS context the parsed arguments describe (nothing listens yet)."""
+    node = make_node(args)
+    ssl_context = tls_context(args)
+    node.settings.tls = ssl_context is not None
+    path = args.snapshot or args.memory_file
+    if path:
+        from . import snapshot
+        snapshot.load(node.store, path)
+        node.snapshot_path = path
+        node.on_shutdown = lambda: snapshot.save(node.store, path)
+    return node, ssl_context
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -698,76 +715,70 @@ def main(argv=None) -> None:
             print(f"memd {__version__}: MIT license (see pyproject.toml); memcached's "
                   "behaviour is reproduced from its documentation")
             return
+        if args.daemon and not hasattr(os, "fork"):
+            raise UsageError("-d: this platform cannot fork; run memd under a service manager")
         logging.basicConfig(
             stream=sys.stderr,
             level=logging.WARNING if not args.verbose else (
                 logging.INFO if args.verbose == 1 else logging.DEBUG),
             format="%(asctime)s memd[%(process)d] %(levelname)s %(message)s")
-        node = make_node(args)
-        ssl_context = tls_context(args)
-        if args.daemon and not hasattr(os, "fork"):
-            raise UsageError("-d: this platform cannot fork; run memd under a service manager")
+        for line in warnings:
+            log.warning("%s", line)
+        node, ssl_context = build(args)
     except UsageError as exc:
         print(f"memd: error: {exc} (see memd --help)", file=sys.stderr)
         sys.exit(2)
-    for line in warnings:
-        log.warning("%s", line)
-    node.settings.tls = ssl_context is not None
-    snapshot_path = args.snapshot or args.memory_file
-    if args.memory_file and not args.snapshot:
-        log.warning("-e: memd keeps the restartable cache as a snapshot file, written on "
-                    "graceful shutdown and loaded at start")
-    if snapshot_path:
-        from . import snapshot
-        snapshot.load(node.store, snapshot_path)
-        node.snapshot_path = snapshot_path
-        node.on_shutdown = lambda: snapshot.save(node.store, snapshot_path)
     _process_flags(args)
-    ready = _daemonize() if args.daemon else None
+    ready = _daemonize() if args.daemon else _print_line
     sys.exit(run(node, args, ssl_context, ready))
 
 
-def run(node: Node, args, ssl_context, ready=None) -> int:
-    """Serve until shut down; the exit status."""
+def _print_line(line: str, server) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def serve_node(node: Node, args, ssl_context, on_ready) -> None:
+    """Bind, start metrics, write the pid file, switch user, then report
+    ``on_ready(startup_line, server)``; serve until shut down."""
     import trio
 
     from .server import Server
     server = Server(node, ssl_context=ssl_context, tls_port=args.tls_port)
-    metrics = None
-
-    async def serve():
-        nonlocal metrics
+    try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
+            metrics = None
             if args.metrics_port is not None:
                 from .metrics import start_metrics_server
-                host = node.settings.listen[0]
+                host = listen_entry(node.settings.listen[0])[0]
                 http = start_metrics_server(node, args.metrics_port, host)
                 metrics = f"{host}:{http.server_port}"
-            if args.user:
-                _drop_privileges(args.user)
             if args.pidfile:
                 with open(args.pidfile, "w") as f:
                     f.write(f"{os.getpid()}\n")
-            line = startup_line(node, server.addresses(), server.addresses(tls=True), metrics)
-            if ready is None:
-                print(line, file=sys.stderr, flush=True)
-            else:
-                ready(line)             # the parent prints it and exits
-    try:
-        trio.run(serve)
-    except OSError as exc:
-        # a port in use, an address we cannot bind: one line, as memcached does
-        print(f"memd: failed to listen: {exc}", file=sys.stderr)
-        return 71
-    except KeyboardInterrupt:
-        pass
+            if args.user:
+                _drop_privileges(args.user)
+            on_ready(startup_line(node, server.addresses(), server.addresses(tls=True), metrics),
+                     server)
     finally:
         if args.pidfile:
             try:
                 os.unlink(args.pidfile)
             except OSError:
                 pass
+
+
+def run(node: Node, args, ssl_context, on_ready) -> int:
+    """Serve until shut down; the exit status."""
+    import trio
+    try:
+        trio.run(serve_node, node, args, ssl_context, on_ready)
+    except OSError as exc:
+        # a port in use, an address we cannot bind: one line, as memcached does
+        print(f"memd: failed to listen: {exc}", file=sys.stderr)
+        return 71
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -790,7 +801,7 @@ def _daemonize():
     os.dup2(devnull, 1)
     pipe = os.fdopen(wfd, "wb")
 
-    def ready(line: str) -> None:
+    def ready(line: str, server) -> None:
         pipe.write(line.encode() + b"\n")
         pipe.close()
         if not logging.getLogger().isEnabledFor(logging.INFO):

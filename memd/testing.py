@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .auth import Authenticator
-from .cli import UsageError, make_node, parse, tls_context
+from .cli import UsageError, build, parse, serve_node
 
 log = logging.getLogger("memd")
 
@@ -80,36 +80,28 @@ def serve(*flags: str, memory_mb: int | None = None, auth=None, tls=None,
     """
     import trio
 
-    from .server import Server
-
     try:
         args, warnings = parse(command_line(*flags, memory_mb=memory_mb, auth=auth, tls=tls,
                                             host=host, port=port))
-        node = make_node(args)
-        ssl_context = tls_context(args)
+        for line in warnings:
+            log.warning("%s", line)
+        node, ssl_context = build(args)
     except UsageError as exc:
         raise ValueError(str(exc)) from None
-    for line in warnings:
-        log.warning("%s", line)
     if isinstance(auth, dict):
         node.auth = Authenticator([(u.encode(), p.encode()) for u, p in auth.items()])
-    node.settings.tls = ssl_context is not None
-    if args.snapshot:
-        from . import snapshot
-        snapshot.load(node.store, args.snapshot)
-        node.on_shutdown = lambda: snapshot.save(node.store, args.snapshot)
-    server = Server(node, ssl_context=ssl_context, tls_port=args.tls_port)
     ready = threading.Event()
+    started: list = []
     failure: list[BaseException] = []
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            ready.set()
+    def on_ready(line: str, server) -> None:
+        log.info("%s", line)
+        started.append(server.addresses())
+        ready.set()
 
     def run() -> None:
         try:
-            trio.run(main)
+            trio.run(serve_node, node, args, ssl_context, on_ready)
         except BaseException as exc:        # reported to the caller below
             failure.append(exc)
         finally:
@@ -121,7 +113,7 @@ def serve(*flags: str, memory_mb: int | None = None, auth=None, tls=None,
         node.request_shutdown()
         raise RuntimeError(f"memd did not start: {failure[0] if failure else 'timeout'}")
     try:
-        yield RunningNode(node, server.addresses())
+        yield RunningNode(node, started[0])
     finally:
         node.request_shutdown()
         thread.join(START_TIMEOUT)
