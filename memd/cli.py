@@ -31,6 +31,15 @@ class UsageError(Exception):
     """A bad flag, option or settings-file value: one line, exit 2."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows a flag's default unless it is merely "not given"."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(message)
@@ -182,7 +191,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """The parser; ``defaults=False`` leaves unset flags out of the namespace
     (how ``--config`` tells which values came from where)."""
     p = OneLineErrorParser(prog="memd", description=DESCRIPTION,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           formatter_class=HelpFormatter,
                            argument_default=None if defaults else argparse.SUPPRESS)
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     add = p.add_argument
@@ -201,7 +210,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     add("-s", "--unix-socket", metavar="FILE", type=writable_path, default=d(None),
         help="UNIX socket to listen on (text, meta and binary; no TLS); disables TCP, as "
              "in memcached")
-    add("-a", "--unix-mask", type=octal_mask, default=d(0o700), metavar="MASK",
+    add("-a", "--unix-mask", type=octal_mask, default=d("700"), metavar="MASK",
         help="access mask of the UNIX socket, in octal")
     switch("-A", "--enable-shutdown", help="enable the shutdown command")
     add("-l", "--listen", type=listen_list, default=d("127.0.0.1"),
