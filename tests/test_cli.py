@@ -120,6 +120,7 @@ def test_every_bad_flag_value_prints_one_line_and_exits_2_before_listening(tmp_p
     def listening(*args):
         raise AssertionError("memd went on to listen")
     monkeypatch.setattr("memd.cli.run", listening)
+    monkeypatch.setattr("logging.basicConfig", lambda **kw: None)   # the test process's own
     failures = []
     for flag, values in _bad_cases(tmp_path).items():
         for value in values:
