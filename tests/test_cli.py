@@ -527,3 +527,9 @@ def test_listen_takes_memcacheds_host_port_form():
         for address in node.addresses:
             host, p = address.rsplit(":", 1)
             assert wire.exchange((host, int(p)), b"version\r\n").data.startswith(b"VERSION")
+
+
+def test_stats_extstore_answers_end_like_memcached_without_extstore(memcached_server):
+    expected = wire.exchange(memcached_server, b"stats extstore\r\n").data
+    with memd.serve() as node:
+        assert wire.exchange(node, b"stats extstore\r\n").data == expected == b"END\r\n"
