@@ -21,6 +21,7 @@ logged; it never reaches the loop serving the others.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -178,34 +179,40 @@ class Server:
         return out
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if not self.listeners:
-            await self.bind()
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            self._accept_scope = trio.CancelScope()
-            self._accepting_done = trio.Event()
-            nursery.start_soon(self._accepting)
-            nursery.start_soon(self._stream_watchers if self.portable else self._io_loop)
-            nursery.start_soon(self._housekeeping)
+        # Handlers go in before the sockets listen: a client may connect (the
+        # kernel accepts into the backlog) and signal at once, and a signal
+        # must never find the default action (SIGHUP would kill the node).
+        # Signals reach only the main thread; a node run in another leaves them alone.
+        with contextlib.ExitStack() as stack:
+            sigs = None
             if threading.current_thread() is threading.main_thread():
-                await nursery.start(self._signals)   # signals reach only the main thread
-            task_status.started(self.bound)
-            while not self.node.shutdown_requested:
-                await trio.sleep(0.05)
-            await self._shutdown()
-            nursery.cancel_scope.cancel()
+                hup = getattr(signal, "SIGHUP", None)      # not on Windows
+                sigs = stack.enter_context(trio.open_signal_receiver(
+                    *[s for s in (signal.SIGTERM, signal.SIGINT, hup) if s is not None]))
+            if not self.listeners:
+                await self.bind()
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self._accept_scope = trio.CancelScope()
+                self._accepting_done = trio.Event()
+                nursery.start_soon(self._accepting)
+                nursery.start_soon(self._stream_watchers if self.portable else self._io_loop)
+                nursery.start_soon(self._housekeeping)
+                if sigs is not None:
+                    nursery.start_soon(self._signals, sigs)
+                task_status.started(self.bound)
+                while not self.node.shutdown_requested:
+                    await trio.sleep(0.05)
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
 
-    async def _signals(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        hup = getattr(signal, "SIGHUP", None)      # not on Windows
-        wanted = [s for s in (signal.SIGTERM, signal.SIGINT, hup) if s is not None]
-        with trio.open_signal_receiver(*wanted) as sigs:
-            task_status.started()            # handlers in place before anyone is told we listen
-            async for signum in sigs:
-                if signum == hup:
-                    self._reload()
-                else:
-                    log.info("signal %d: shutting down", signum)
-                    self.node.request_shutdown()
+    async def _signals(self, sigs) -> None:
+        async for signum in sigs:
+            if signum == getattr(signal, "SIGHUP", None):
+                self._reload()
+            else:
+                log.info("signal %d: shutting down", signum)
+                self.node.request_shutdown()
 
     def _reload(self) -> None:
         auth = self.node.auth
