@@ -164,9 +164,10 @@ def summarize(name: str, values: list[float], fmt: str = "{:.1f}") -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--items", type=int, default=1_000_000, help="items for (a) and (b)")
+    ap.add_argument("--items", type=int, default=1_000_000, help="items for (a)")
     ap.add_argument("--fill", type=int, default=2_000_000, help="items for (c)")
     ap.add_argument("--seconds", type=float, default=2.0, help="per lookup measurement")
     ap.add_argument("--lookup-sizes", default="10000,1000000,4000000",
@@ -177,10 +178,21 @@ def main(argv=None) -> int:
     only = set(args.only or ["rss", "lookup", "pause"])
     raw: dict[str, list] = {}
 
-    print("Python %s; %d items of 20-byte keys / 100-byte values" % (
-        sys.version.split()[0], args.items))
+    print("Python %s; 20-byte keys / 100-byte values; (a) over %d items, (b) over %s items, "
+          "(c) fills %d items; %d runs each" % (sys.version.split()[0], args.items,
+                                                args.lookup_sizes, args.fill, args.runs),
+          flush=True)
+
+    def runs(name, fn, *fn_args):
+        out = []
+        for i in range(args.runs):
+            # progress on stderr: a full run takes minutes
+            print(f"  {name}: run {i + 1}/{args.runs}...", file=sys.stderr, flush=True)
+            out.append(run_child(fn, *fn_args))
+        return out
+
     if "rss" in only:
-        rs = [run_child(_rss_child, args.items) for _ in range(args.runs)]
+        rs = runs("(a) memory", _rss_child, args.items)
         raw["rss"] = rs
         print("(a) memory")
         print("  " + summarize("RSS bytes per item", [r["per_item"] for r in rs]))
@@ -190,7 +202,7 @@ def main(argv=None) -> int:
     if "lookup" in only:
         raw["lookup"] = {}
         for size in (int(x) for x in args.lookup_sizes.split(",")):
-            ls = [run_child(_lookup_child, size, args.seconds) for _ in range(args.runs)]
+            ls = runs("(b) lookups over %s items" % format(size, ","), _lookup_child, size, args.seconds)
             raw["lookup"][size] = ls
             print("(b) lookups per second over %s items" % format(size, ","))
             print("  " + summarize("store.find /s", [x["find_per_s"] for x in ls], "{:,.0f}"))
@@ -199,7 +211,7 @@ def main(argv=None) -> int:
             print("  " + summarize("dict.get /s (for scale)",
                                    [x["dict_get_per_s"] for x in ls], "{:,.0f}"))
     if "pause" in only:
-        ps = [run_child(_pause_child, args.fill) for _ in range(args.runs)]
+        ps = runs("(c) pauses", _pause_child, args.fill)
         raw["pause"] = ps
         print("(c) pauses filling %d items, gc enabled" % args.fill)
         print("  " + summarize("longest pause ms", [p["max_pause_ms"] for p in ps], "{:.2f}"))
