@@ -35,6 +35,18 @@ class NodeSettings:
     idle_timeout: int = 0
     flush_enabled: bool = True
     recent_replies_mb: int = -1     # -1: the store's default (a sixteenth of the memory limit)
+    detail_delimiter: str = ":"     # -D: between a key's prefix and the rest, for `stats detail`
+    unix_socket: str | None = None  # -s: listen on this UNIX socket instead of TCP
+    unix_mask: int = 0o700          # -a: its access mask
+    backlog: int = 1024             # -b
+    protocol: str = "auto"          # -B: auto (by the first byte), ascii or binary
+    tls: bool = False               # the listeners speak TLS (set by the CLI)
+    tls_cert: str | None = None     # what `stats settings` reports as ssl_*
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify_mode: int = 0        # memcached's ssl_verify_mode, 0-3
+    tls_min_version: int = 2        # memcached's ssl_min_version, 0-3 (TLS 1.0-1.3)
+    tls_ciphers: str | None = None
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
@@ -45,6 +57,25 @@ class NodeSettings:
             evictions=self.evictions,
             recent_bytes=self.recent_replies_mb << 20 if self.recent_replies_mb >= 0 else -1,
         )
+
+
+def listen_entry(text: str) -> tuple[str, int | None, bool]:
+    """One ``-l`` entry as memcached reads it: ``[notls:]host[:port]``, an IPv6
+    host in brackets when a port follows.  (host, port or None, TLS allowed)."""
+    tls = not text.startswith("notls:")
+    text = text if tls else text[len("notls:"):]
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad listen address: {text!r}")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if not host or (port is not None and not (port.isdigit() and int(port) <= 65535)):
+        raise ValueError(f"bad listen address: {text!r}")
+    return host, None if port is None else int(port), tls
 
 
 class ConnInfo:
@@ -84,6 +115,9 @@ class Node:
         self.cluster = None            # memd.cluster.config.ClusterConfig
         self.auth = None               # memd.auth.Authenticator
         self.shutdown_requested = False
+        # `stats <name>` groups beyond the built-in ones: name -> node -> (name, value) pairs
+        # (memd has no extstore, so `stats extstore` is empty, as in memcached without it)
+        self.stats_groups = {b"extstore": lambda node: []}
         self.counters = {"cmd_meta": 0, "store_too_large": 0, "store_no_memory": 0,
                          "auth_cmds": 0, "auth_errors": 0}
 

@@ -41,7 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+# the compose file of the current directory, else of the checkout tools/ lives in
+# (an installed memd has no checkout: then --compose must name one)
+DEFAULT_COMPOSE = next((p for p in (Path("docker-compose.yml"),
+                                    Path(__file__).resolve().parent.parent / "docker-compose.yml")
+                        if p.is_file()), Path("docker-compose.yml"))
 DEFAULT_STATE = Path(".fleet") / "state.json"
 # Flags the launcher owns: compose's values make sense only inside Docker.
 _OWN_FLAGS = {"-l", "--listen", "-p", "--port", "--cluster-nodes", "--cluster-file", "--cluster-dns",
@@ -527,6 +531,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if state_path.exists():
         print(f"fleet already up ({state_path}); run `down` first", file=sys.stderr)
         return 1
+    if not Path(args.compose).is_file():
+        print(f"no compose file {args.compose}: run from a directory with docker-compose.yml "
+              "or pass --compose FILE", file=sys.stderr)
+        return 2
     services = load_compose(Path(args.compose))
     if not services:
         print(f"no services in {args.compose}", file=sys.stderr)

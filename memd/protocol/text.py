@@ -681,6 +681,8 @@ class TextProtocol:
             self._cachedump(tokens)
         elif sub == b"hotkeys":
             self.out.append(hotkeys.reply(self.store.hotkeys, tokens[2:]))
+        elif sub in node.stats_groups:
+            self.out.append(stats_mod.render(node.stats_groups[sub](node)))
         else:
             self.out.append(ERROR)
 
