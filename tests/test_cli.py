@@ -64,6 +64,8 @@ def _bad_cases(tmp):
     unreadable.chmod(0)
     bad_toml = tmp / "bad.toml"
     bad_toml.write_text("memory-limit = \n")
+    bad_cluster = tmp / "cluster"
+    bad_cluster.write_text("memd1:11211\ngarbage line here\n")
     return {
         "--config": [missing, str(bad_toml), ""],
         "-p": ["-1", "x", "", "70000"],
@@ -95,8 +97,9 @@ def _bad_cases(tmp):
         "--tls-key": [missing, ""],
         "--tls-ca": [missing, ""],
         "--tls-port": ["-1", "x", "", "65536"],
-        "--cluster-nodes": [""],
-        "--cluster-file": [missing, ""],
+        "--cluster-nodes": ["", "memd1:notaport", "foo:bar:baz"],
+        "--cluster-file": [missing, "", str(bad_cluster)],
+        "--cluster-dns": [""],
         "--metrics-port": ["-1", "x", ""],
         "--snapshot": [nodir, ""],
     }
