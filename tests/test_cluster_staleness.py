@@ -334,6 +334,34 @@ def test_the_sweep_moves_untouched_keys_so_removing_the_new_node_later_is_never_
 
 
 @needs_memcached
+def test_a_refused_key_listing_is_retried_so_the_sweep_still_moves_every_key(fleet, monkeypatch):
+    from memd.cluster import client as client_module
+    from memd.cluster.migrate import MetadumpError
+
+    listed = client_module.metadump_keys
+    refused = set()
+
+    def busy_once(address, *args):
+        # memcached's answer while its LRU crawler is running.
+        if address not in refused:
+            refused.add(address)
+            raise MetadumpError(f"{address}: b'BUSY currently processing crawler request'")
+        return listed(address, *args)
+
+    monkeypatch.setattr(client_module, "metadump_keys", busy_once)
+    with ClusterClient(fleet.addresses, warmup=0.2) as cc:
+        keys = [f"b{i}" for i in range(300)]
+        assert cc.set_many({k: b"v" for k in keys}) == []
+        before = {k: cc.node_for(k) for k in keys}
+        _grow(fleet, cc)
+        moved = [k for k in keys if cc.node_for(k) == fleet.addresses[3]]
+        assert wait_for(lambda: cc._view.prev is None, timeout=60)
+        assert refused == set(fleet.addresses[:3])
+        assert cc.sweeps[-1] == {**cc.sweeps[-1], "finished": True, "nodes": 3, "moved": len(moved)}
+        assert all(direct(before[k]).get(k) is None for k in moved)
+
+
+@needs_memcached
 def test_warm_up_never_reads_an_old_stand_in_of_a_dead_owner(fleet):
     from memd.cluster.ring import HashRing
 

@@ -73,6 +73,10 @@ SETTLE_BATCH = 512
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
 
 
+class _Superseded(Exception):
+    """The sweep's ring change is over (closed, or a newer change)."""
+
+
 class NoLiveNodes(MemcacheError):
     """Every node of the cluster is dead or none is known."""
 
@@ -93,6 +97,8 @@ class _RawSerde:
 #: First probe of a dead node after this many seconds; the interval doubles
 #: up to ``dead_timeout`` while probes fail.
 FIRST_PROBE = 1.0
+#: How long the warm-up sweep keeps retrying a node that refuses its key listing.
+SWEEP_RETRY_SECONDS = 30.0
 
 
 class _Health:
@@ -109,11 +115,11 @@ class _Health:
 class _View:
     """An immutable routing snapshot: readers use whichever one they grabbed."""
 
-    __slots__ = ("ring", "live", "dead", "prev", "until", "replicas", "remap", "simple")
+    __slots__ = ("ring", "live", "dead", "prev", "replicas", "remap", "simple")
 
-    def __init__(self, ring, live, dead, prev, until, replicas, remap) -> None:
+    def __init__(self, ring, live, dead, prev, replicas, remap) -> None:
         self.ring, self.live, self.dead = ring, live, dead
-        self.prev, self.until = prev, until
+        self.prev = prev
         self.replicas, self.remap = replicas, remap
         # One replica, every node live, no warm-up: the plain ring lookup.
         self.simple = replicas == 1 and not dead and prev is None
@@ -133,7 +139,11 @@ class _View:
         return [n for n in order[: self.replicas] if n in self.live]
 
     def warming(self) -> bool:
-        return self.prev is not None and time.monotonic() < self.until
+        # Not a clock check: the window ends when _end_window drops ``prev``,
+        # which waits for the sweep.  Ending it by the clock alone would stop
+        # warm-up reads, and the sweep's own moves, while keys still sit on
+        # their previous owners (a slow sweep on a busy machine).
+        return self.prev is not None
 
     def previous(self, kb: bytes) -> list[str]:
         """The key's live home nodes on the ring before the last change (warm-up).
@@ -254,7 +264,7 @@ class ClusterClient:
         self._sweeper: threading.Thread | None = None
         #: One entry per warm-up sweep: nodes listed, keys moved, finished or not.
         self.sweeps: list[dict[str, Any]] = []
-        self._view = _View(self._ring_factory(), frozenset(), frozenset(), None, 0.0,
+        self._view = _View(self._ring_factory(), frozenset(), frozenset(), None,
                            replicas, failover == "remap")
 
         if servers:
@@ -357,11 +367,11 @@ class ClusterClient:
     def _rebuild_view_locked(self) -> None:
         ring = self._ring_factory()
         ring.set_nodes(self._members)
-        prev = self._prev_ring if time.monotonic() < self._window_until else None
+        prev = self._prev_ring
         reachable = set(self._members) | (set(prev.nodes) if prev is not None else set())
         dead = frozenset(a for a in reachable if self._health[a].dead_until is not None)
         live = frozenset(a for a in reachable if a not in dead)
-        self._view = _View(ring, live, dead & set(self._members), prev, self._window_until,
+        self._view = _View(ring, live, dead & set(self._members), prev,
                            self.replicas, self.failover == "remap")
 
     def _end_window(self) -> None:
@@ -715,28 +725,46 @@ class ClusterClient:
         self.sweeps.append(record)
         started = time.monotonic()
         for node in prev_ring.nodes:
-            if self._stop.is_set() or self._prev_ring is not prev_ring:
-                return  # closed, or a newer change started its own sweep
-            if node not in self._view.live:
-                continue
-            try:
-                for kb in metadump_keys(self._addresses[node], self._probe_timeout, max(5.0, self._probe_timeout)):
-                    if self._stop.is_set() or self._prev_ring is not prev_ring:
-                        return
-                    view = self._view
-                    if node in view.serving(kb) or node not in view.previous(kb):
-                        continue
-                    try:
-                        record["moved"] += self._move(kb, kb, node)
-                    except (*NODE_ERRORS, MemcacheError) as exc:
-                        log.warning("warm-up sweep: %r not moved off %s: %s", kb, node, exc)
-            except Exception as exc:  # a background thread must not die on one node
-                log.warning("warm-up sweep: cannot list the keys of %s: %s", node, exc)
-                continue
-            record["nodes"] += 1
+            # A refused or broken listing is retried: memcached answers BUSY
+            # while its LRU crawler runs (an automatic crawl, or another
+            # client's metadump), and a node skipped here would keep the
+            # keys that left it as orphans past the window.
+            delay, deadline = 0.05, time.monotonic() + SWEEP_RETRY_SECONDS
+            while True:
+                if self._stop.is_set() or self._prev_ring is not prev_ring:
+                    return  # closed, or a newer change started its own sweep
+                if node not in self._view.live:
+                    break
+                try:
+                    self._sweep_node(node, prev_ring, record)
+                    record["nodes"] += 1
+                    break
+                except _Superseded:
+                    return
+                except Exception as exc:  # a background thread must not die on one node
+                    if time.monotonic() >= deadline:
+                        log.warning("warm-up sweep: gave up listing the keys of %s: %s", node, exc)
+                        break
+                    log.info("warm-up sweep: listing %s again: %s", node, exc)
+                    self._stop.wait(delay)
+                    delay = min(1.0, delay * 2)
         record["finished"], record["seconds"] = True, time.monotonic() - started
         log.info("warm-up sweep: %d keys moved off %d nodes in %.1f s",
                  record["moved"], record["nodes"], record["seconds"])
+
+    def _sweep_node(self, node: str, prev_ring: Any, record: dict[str, Any]) -> None:
+        """Move the keys that left ``node``, counting them in ``record`` as it goes."""
+        for kb in metadump_keys(self._addresses[node], self._probe_timeout,
+                                max(5.0, self._probe_timeout)):
+            if self._stop.is_set() or self._prev_ring is not prev_ring:
+                raise _Superseded
+            view = self._view
+            if node in view.serving(kb) or node not in view.previous(kb):
+                continue
+            try:
+                record["moved"] += self._move(kb, kb, node)
+            except (*NODE_ERRORS, MemcacheError) as exc:
+                log.warning("warm-up sweep: %r not moved off %s: %s", kb, node, exc)
 
     def _decode(self, key: Any, got: tuple[bytes, int]) -> Any:
         return got[0] if self._plain else self._serde.deserialize(key, got[0], got[1])
