@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -280,7 +281,18 @@ def test_growing_three_to_four_nodes_keeps_every_key_only_with_warm_up(fleet, wa
 
 
 @needs_memcached
-def test_writes_and_deletes_in_the_window_reach_the_previous_owner(fleet):
+def test_writes_and_deletes_in_the_window_reach_the_previous_owner(fleet, monkeypatch):
+    from memd.cluster import client as client_module
+
+    # Hold the sweep back: it moves keys off their previous owners, which
+    # would race the direct reads of the previous owner below.
+    listed, release = client_module.metadump_keys, threading.Event()
+
+    def held(*args):
+        release.wait(60)
+        return listed(*args)
+
+    monkeypatch.setattr(client_module, "metadump_keys", held)
     with ClusterClient(fleet.addresses, warmup=60) as cc:
         keys = [f"w{i}" for i in range(400)]
         assert cc.set_many({k: b"old" for k in keys}) == []
@@ -296,6 +308,7 @@ def test_writes_and_deletes_in_the_window_reach_the_previous_owner(fleet):
         assert cc.get(deleted) is None and cc.get(rewritten) == b"new"
         assert cc.get(moved[2]) == b"old"                     # copied on the miss
         assert direct(fleet.addresses[3]).get(moved[2]) == b"old"
+        release.set()
 
 
 @needs_memcached
