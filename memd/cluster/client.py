@@ -37,6 +37,9 @@ Membership comes from a static list, an ElastiCache configuration endpoint
 (``config get cluster`` polled every ``poll_interval`` s, falling back to
 any known member when the endpoint is down), or a DNS name whose A records
 are the nodes. The ring is swapped whole on a change; no restart needed.
+A node's identity on the ring is its ``host:port`` name, never its address:
+a ``host|ip|port`` entry is connected to at ``ip`` (or the name when the IP
+field is empty), and a node announced at a new address keeps its keys.
 """
 
 from __future__ import annotations
