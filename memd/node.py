@@ -35,6 +35,13 @@ class NodeSettings:
     idle_timeout: int = 0
     flush_enabled: bool = True
     recent_replies_mb: int = -1     # -1: the store's default (a sixteenth of the memory limit)
+    # Reply bytes one connection may have produced and not yet sent before
+    # memd stops reading and parsing its input (see memd.protocol.wire).
+    # memcached's nearest knob is -o read_buf_mem_limit, a node-wide cap on
+    # read buffers; memcached bounds output per connection by not reading
+    # while its output is queued, as memd does past this.
+    conn_output_limit: int = 4 << 20
+    detail_delimiter: str = ":"     # memcached's -D: the key prefix delimiter of `stats detail`
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
@@ -50,14 +57,26 @@ class NodeSettings:
 class ConnInfo:
     """One connection as `stats conns` reports it."""
 
-    __slots__ = ("fd", "addr", "listen_addr", "state", "last_cmd")
+    __slots__ = ("fd", "addr", "listen_addr", "last_cmd", "proto", "sending")
 
     def __init__(self, fd: int, addr: str, listen_addr: str) -> None:
         self.fd = fd
         self.addr = addr
         self.listen_addr = listen_addr
-        self.state = "conn_parse_cmd"
         self.last_cmd = time.monotonic()
+        self.proto = None          # the connection's protocol, once its first byte came
+        self.sending = False       # replies queued that the socket has not taken
+
+    def state(self, asking_fd: int) -> str:
+        """memcached's name for what the connection is doing; the one asking
+        for `stats conns` is parsing that command."""
+        if self.fd == asking_fd:
+            return "conn_parse_cmd"
+        if self.sending:
+            return "conn_mwrite"
+        if self.proto is None:
+            return "conn_new_cmd"
+        return self.proto.state
 
 
 class Node:
@@ -80,6 +99,8 @@ class Node:
         self.conns: dict[int, ConnInfo] = {}
         self.listeners: list[str] = []
         self.listener_fds: dict[str, int] = {}
+        # (input held, reply bytes queued) over all connections; the server replaces it
+        self.buffered = lambda: (0, 0)
         # hooks filled in by the server / CLI
         self.cluster = None            # memd.cluster.config.ClusterConfig
         self.auth = None               # memd.auth.Authenticator

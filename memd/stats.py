@@ -32,6 +32,7 @@ def general(node: Node) -> list:
     c = node.counters
     slabs = s.slabs
     rb = s.rebalancer
+    held, queued = node.buffered()
     return [
         ("pid", node.pid), ("uptime", int(now - node.started)), ("time", int(now)),
         ("version", node.version), ("libevent", "trio"), ("pointer_size", 64),
@@ -40,8 +41,11 @@ def general(node: Node) -> list:
         ("total_connections", node.total_connections),
         ("rejected_connections", node.rejected_connections),
         ("connection_structures", node.curr_connections + len(node.listeners)),
-        ("response_obj_oom", 0), ("response_obj_count", 0), ("response_obj_bytes", 0),
-        ("read_buf_count", 0), ("read_buf_bytes", 0), ("read_buf_bytes_free", 0),
+        ("response_obj_oom", 0), ("response_obj_count", 0),
+        # memd's own accounting: reply bytes queued on sockets, input held
+        # between reads (memcached's read buffers and response objects)
+        ("response_obj_bytes", queued),
+        ("read_buf_count", 0), ("read_buf_bytes", held), ("read_buf_bytes_free", 0),
         ("read_buf_oom", 0), ("reserved_fds", 5),
         ("cmd_get", s.cmd_get), ("cmd_set", s.cmd_set), ("cmd_flush", s.cmd_flush),
         ("cmd_touch", s.cmd_touch), ("cmd_meta", c["cmd_meta"]),
@@ -178,7 +182,7 @@ def slabs(node: Node) -> list:
     return out
 
 
-def conns(node: Node) -> list:
+def conns(node: Node, asking_fd: int = -1) -> list:
     now = time.monotonic()
     out = []
     for listen in node.listeners:
@@ -188,5 +192,5 @@ def conns(node: Node) -> list:
     for info in list(node.conns.values()):
         p = f"{info.fd}:"
         out += [(p + "addr", info.addr), (p + "listen_addr", info.listen_addr),
-                (p + "state", info.state), (p + "secs_since_last_cmd", int(now - info.last_cmd))]
+                (p + "state", info.state(asking_fd)), (p + "secs_since_last_cmd", int(now - info.last_cmd))]
     return out

@@ -358,11 +358,16 @@ class ItemStore:
 
     # -- commands ----------------------------------------------------------------
 
-    def fetch_text(self, keys, out: list, with_cas: bool = False, end_each: bool = False) -> None:
-        """The text get/gets hot path: append one VALUE block per hit to ``out``.
+    def fetch_text(self, keys, out: list, with_cas: bool = False, end_each: bool = False,
+                   budget: int = 1 << 62) -> int:
+        """The text get/gets hot path: append one VALUE block per hit to ``out``;
+        return how many keys were looked up.
 
         With ``end_each`` every key is its own single-key get and gets its own
-        END (the parser batches a pipeline of those into one call).
+        END (the parser batches a pipeline of those into one call).  Once the
+        replies appended pass ``budget`` bytes the lookups stop (after the
+        reply that passed it): the connection's output bound.  ``keys`` may be
+        an iterator; a stopped one goes on where it stopped.
 
         A key read lately is answered from ``recent`` (see recent.py): one
         dict lookup.  Any other key takes the full lookup, inlined with
@@ -378,16 +383,20 @@ class ItemStore:
         recent_get = recent.replies.get if remember else _NO_REPLIES.get
         class_hits = self.class_get_hits
         append = out.append
-        hits = recent_hits = 0
+        hits = recent_hits = misses = size = 0
         full_path = False
         for key in keys:
             entry = recent_get(key)
             if entry is not None and now < entry[1]:
                 recent_hits += 1
                 class_hits[entry[2]] += 1
-                append(entry[0])
+                reply = entry[0]
+                append(reply)
                 if end_each:
                     append(b"END\r\n")
+                size += len(reply)
+                if size >= budget:
+                    break
                 continue
             if not full_path:
                 # set up the full lookup only once a key needs it: a read
@@ -405,6 +414,7 @@ class ItemStore:
                     oldest_live = 0
                 bump_interval = self.settings.bump_interval
                 bump_before = now - bump_interval
+                watching = self.watch is not None
             h = _hash(key)
             if old is not None and (h & old_mask) >= migrated:
                 item = old[h & old_mask]
@@ -419,14 +429,20 @@ class ItemStore:
                         break
                 item = chain[item]
             else:
+                misses += 1
                 if end_each:
                     append(b"END\r\n")
+                if watching:
+                    self._emit_fetch(key, NIL)
                 continue
             exp = exptime[item]
             if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
                 self.find_for_get(key, now)      # counts and reclaims it
+                misses += 1
                 if end_each:
                     append(b"END\r\n")
+                if watching:
+                    self._emit_fetch(key, NIL)
                 continue
             hits += 1
             cls_id = id_class[item]
@@ -441,23 +457,27 @@ class ItemStore:
                 append(page[off:off + vs - 2])
                 append(b" %d\r\n" % self.cas[item])
                 append(page[off + vs:off + vs + vlen[item] + 2])
+                size += vs + vlen[item] + 22
             else:
                 reply = page[off:off + vs + vlen[item] + 2]
                 append(reply)
+                size += len(reply)
                 if remember:
                     # usable until the item expires or is due for its next bump
                     until = atime[item] + bump_interval
                     admit(key, reply, exp if exp and exp < until else until, cls_id)
             if end_each:
                 append(b"END\r\n")
+            if watching:
+                self._emit_fetch(key, item)
+            if size >= budget:
+                break
         recent.hits += recent_hits
-        n = len(keys)
+        n = hits + recent_hits + misses
         self.cmd_get += n
         self.get_hits += hits + recent_hits
-        self.get_misses += n - hits - recent_hits
-        if self.watch:
-            for key in keys:
-                self._emit_fetch(key, self.index.find(key, _hash(key)))
+        self.get_misses += misses
+        return n
 
     def _emit_fetch(self, key: bytes, item: int) -> None:
         watch = self.watch
@@ -654,7 +674,7 @@ class ItemStore:
             self.decr_hits += 1
             cls.decr_hits += 1
         digits = b"%d" % value
-        self._touched(item, now)
+        # (memcached reads the item with DONT_UPDATE: no fetched mark, no bump)
         if len(digits) <= vlen:
             # memcached rewrites in place, padding with spaces to the old length
             off = self.id_offset[item] + self.vstart[item]
