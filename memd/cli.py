@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recent-replies-mb", type=non_negative_int, metavar="MB",
                    help="memory for the replies of recently read keys, which repeated "
                         "gets are answered from (default: a sixteenth of -m; 0: off)")
+    p.add_argument("--max-conn-output", type=parse_size, default=4 << 20, metavar="SIZE",
+                   help="reply bytes a connection may have unsent before memd stops reading it "
+                        "(default 4m; memcached: -o read_buf_mem_limit is node-wide)")
     p.add_argument("--idle-timeout", type=int, default=0,
                    help="close connections idle this many seconds (default: 0, never)")
     p.add_argument("-Y", "--auth-file", help="user:password file; enables authentication")
@@ -155,6 +158,7 @@ def settings_from(args) -> NodeSettings:
         threads=args.threads,
         idle_timeout=args.idle_timeout,
         recent_replies_mb=-1 if args.recent_replies_mb is None else args.recent_replies_mb,
+        conn_output_limit=args.max_conn_output,
     )
 
 

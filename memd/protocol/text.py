@@ -304,8 +304,7 @@ class TextProtocol(Connection):
             tokens = tokenize(line)
             if not tokens or len(tokens[0]) < 2:
                 out.append(ERROR)
-                continue
-            if not authenticated:
+            elif not authenticated:
                 self._auth_gate(tokens)
             else:
                 handler = dispatch.get(tokens[0])
