@@ -29,7 +29,7 @@ from ..numbers import strtoull
 from .clock import system_clock
 from .index import HashIndex
 from .lru import LRU, NIL
-from .recent import RecentReplies
+from .recent import MAX_REPLY, RecentReplies
 from .slabs import SlabAllocator
 
 # results of store()
@@ -365,9 +365,13 @@ class ItemStore:
 
         With ``end_each`` every key is its own single-key get and gets its own
         END (the parser batches a pipeline of those into one call).  Once the
-        replies appended pass ``budget`` bytes the lookups stop (after the
-        reply that passed it): the connection's output bound.  ``keys`` may be
-        an iterator; a stopped one goes on where it stopped.
+        replies appended reach ``budget`` bytes the lookups stop (after the
+        reply that reached it): the connection's output bound.  ``keys`` may be
+        an iterator; a stopped one goes on where it stopped.  A list of keys
+        too short for recent replies (each at most MAX_REPLY) to reach half
+        the budget counts only the full lookups' bytes, against that half:
+        per-key counting on the recent-reply path cost mget100 8% of its
+        instructions.
 
         A key read lately is answered from ``recent`` (see recent.py): one
         dict lookup.  Any other key takes the full lookup, inlined with
@@ -385,18 +389,21 @@ class ItemStore:
         append = out.append
         hits = recent_hits = misses = size = 0
         full_path = False
+        counted = type(keys) is not list or len(keys) * MAX_REPLY > budget >> 1
+        if not counted:
+            budget >>= 1
         for key in keys:
             entry = recent_get(key)
             if entry is not None and now < entry[1]:
                 recent_hits += 1
                 class_hits[entry[2]] += 1
-                reply = entry[0]
-                append(reply)
+                append(entry[0])
                 if end_each:
                     append(b"END\r\n")
-                size += len(reply)
-                if size >= budget:
-                    break
+                if counted:
+                    size += entry[3]
+                    if size >= budget:
+                        break
                 continue
             if not full_path:
                 # set up the full lookup only once a key needs it: a read

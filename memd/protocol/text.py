@@ -250,8 +250,9 @@ class TextProtocol(Connection):
         call; return where parsing goes on, or -1 when the output bound
         stopped the run (the rest of the input is held)."""
         keys = buf[pos + 4:end - 2].split(b"\r\nget ")
-        room = self.out_room() if self.out else self.out_limit
-        done = self.store.fetch_text(keys, self.out, False, True, room)
+        out = self.out
+        done = self.store.fetch_text(keys, out, False, True,
+                                     self.out_room() if out else self.out_limit)
         self.commands += done
         if done < len(keys):
             # each line is "get " + key + CRLF
@@ -417,18 +418,18 @@ class TextProtocol(Connection):
     def _multi_get(self, keys, with_cas: bool) -> None:
         """VALUE blocks and END; past the output bound the rest of the keys
         become a continuation, looked up as the reader takes the replies."""
-        it = iter(keys)
-        left = len(keys) - self.store.fetch_text(it, self.out, with_cas, False, self.out_room())
-        if left:
-            self._cont = self._more_gets(it, left, with_cas)
-        else:
+        done = self.store.fetch_text(keys, self.out, with_cas, False, self.out_room())
+        if done == len(keys):
             self.out.append(END)
+        else:
+            self._cont = self._more_gets(iter(keys[done:]), with_cas)
 
-    def _more_gets(self, it, left: int, with_cas: bool):
+    def _more_gets(self, it, with_cas: bool):
         fetch_text = self.store.fetch_text
-        while left:
+        while True:
             yield True
-            left -= fetch_text(it, self.out, with_cas, False, self.out_limit)
+            if not fetch_text(it, self.out, with_cas, False, self.out_limit):
+                break
         self.out.append(END)
 
     def cmd_gat(self, tokens) -> None:

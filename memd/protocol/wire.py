@@ -129,7 +129,12 @@ class Connection:
             if data is None:
                 return self._take()
         self._parse(data, 0)
-        return self._take()
+        out = self.out              # (_take, inlined: this is every read's path)
+        if not out:
+            return []
+        self.out = []
+        self.out_bytes = self._counted = 0
+        return out
 
     def resume(self) -> list:
         cont = self._cont
@@ -176,23 +181,20 @@ class Connection:
         """Have the replies produced so far reached the output bound?
         Counts only the chunks added since the last look (amortised O(1))."""
         out = self.out
-        n = len(out)
         i = self._counted
-        if i > n:                      # a parser dropped replies it had queued
-            i = 0
-            self.out_bytes = 0
-        total = self.out_bytes
-        while i < n:
-            total += len(out[i])
-            i += 1
-        self._counted = n
-        self.out_bytes = total
-        return total >= self.out_limit
+        if i != len(out):
+            if i > len(out):           # a parser dropped replies it had queued
+                i = self.out_bytes = 0
+            self.out_bytes += sum(map(len, out[i:]))
+            self._counted = len(out)
+        return self.out_bytes >= self.out_limit
 
     def out_room(self) -> int:
         """Bytes of reply still allowed in this step (at least 1)."""
-        self.out_full()
-        return max(self.out_limit - self.out_bytes, 1)
+        if self.out:
+            self.out_full()
+            return max(self.out_limit - self.out_bytes, 1)
+        return self.out_limit
 
     def hold(self, buf, pos: int) -> None:
         """Stop parsing at ``pos``; the server resumes once it has sent the replies."""
