@@ -200,7 +200,8 @@ def main(argv=None) -> None:
             ssl_context = server_context(args.tls_cert, args.tls_key, args.tls_ca)
         except (OSError, ValueError) as exc:
             parser.error(f"cannot load TLS certificate: {exc}")
-        node.settings.tls = True
+        st = node.settings
+        st.tls, st.tls_cert, st.tls_key, st.tls_ca = True, args.tls_cert, args.tls_key, args.tls_ca
 
     if args.snapshot:
         from . import snapshot

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import __version__
+from .cache.prefixes import PrefixStats
 from .cache.rebalance import Rebalancer
 from .cache.store import ItemStore, StoreSettings
 from .watch import WatchHub
@@ -42,6 +43,10 @@ class NodeSettings:
     # while its output is queued, as memd does past this.
     conn_output_limit: int = 4 << 20
     detail_delimiter: str = ":"     # memcached's -D: the key prefix delimiter of `stats detail`
+    tls: bool = False               # TLS on (memcached's -Z), with these files (`stats settings`)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
@@ -105,8 +110,28 @@ class Node:
         self.cluster = None            # memd.cluster.config.ClusterConfig
         self.auth = None               # memd.auth.Authenticator
         self.shutdown_requested = False
-        self.counters = {"cmd_meta": 0, "store_too_large": 0, "store_no_memory": 0,
-                         "auth_cmds": 0, "auth_errors": 0}
+        self.counters = {"cmd_meta": 0, "auth_cmds": 0, "auth_errors": 0}
+        self.prefixes = PrefixStats(self.settings.detail_delimiter.encode()[:1] or b":")
 
     def request_shutdown(self) -> None:
         self.shutdown_requested = True
+
+    def reset_stats(self) -> None:
+        """`stats reset` (every protocol's): the store's counters and the node's."""
+        self.store.reset_stats()
+        for k in self.counters:
+            self.counters[k] = 0
+        self.total_connections = self.rejected_connections = 0
+
+    def stats_detail(self, arg: bytes) -> bytes | None:
+        """`stats detail on|off|dump`: the reply, or None for a bad argument.
+        Off stops the counting and keeps the figures, as memcached does."""
+        if arg == b"on":
+            self.store.detail = self.prefixes
+            return b"OK\r\n"
+        if arg == b"off":
+            self.store.detail = None
+            return b"OK\r\n"
+        if arg == b"dump":
+            return self.prefixes.dump()
+        return None

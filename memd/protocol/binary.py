@@ -115,7 +115,7 @@ class BinaryProtocol(Connection):
             return "conn_swallow"
         if self.rbuf.data:
             return "conn_nread" if self._need > HEADER_LEN else "conn_read"
-        return "conn_waiting"
+        return "conn_new_cmd"
 
     # -- input -------------------------------------------------------------------
 
@@ -236,9 +236,8 @@ class BinaryProtocol(Connection):
                 return True
             return False
         if store.too_large(len(key), vlen):
+            store.refuse_too_large(key, cmd == SET)
             self._error(E2BIG, swallow=vlen)
-            if cmd == SET:
-                store.delete(key)       # memcached drops the stale value on a failed set
             return True
         return False
 
@@ -280,18 +279,15 @@ class BinaryProtocol(Connection):
         mode = STORE_MODES[cmd]
         if cas and mode in (st.SET, st.ADD, st.REPLACE):
             mode = st.CAS
-        result = store.store(mode, key, flags, exptime, value, cas)
+        result, new_cas = store.write(mode, key, flags, exptime, value, cas)
         if result == st.STORED:
             if not quiet:
-                self._respond(cas=store.last_cas)
+                self._respond(cas=new_cas)
         elif result == st.EXISTS:
             self._error(KEY_EEXISTS)
         elif result == st.NOT_FOUND:
             self._error(KEY_ENOENT)
-        elif result == st.NO_MEMORY and mode != st.APPEND and mode != st.PREPEND:
-            self.node.counters["store_no_memory"] += 1
-            if cmd == SET:
-                store.delete(key)
+        elif result == st.NO_MEMORY:
             self._error(ENOMEM, b"Out of memory allocating item")
         elif cmd == ADD:
             self._error(KEY_EEXISTS)
@@ -373,37 +369,20 @@ class BinaryProtocol(Connection):
             self._error(KEY_ENOENT)
 
     def do_arith(self, cmd, quiet, extras, key, cas, _rest) -> None:
-        store = self.store
         delta, initial, exptime = _INCR_EXTRAS.unpack(extras)
-        item = store.find(key)
-        if item >= 0 and store.vlen[item] == 0:
-            self._error(DELTA_BADVAL)        # memcached tests this before the CAS
-            return
-        result, value = store.incr_decr(key, delta, cmd == INCR, cas)
+        result, value, new_cas, _ = self.store.arith(
+            key, delta, cmd == INCR, cas, None if exptime == NO_CREATE else (initial, exptime))
         if result == st.STORED:
             if not quiet:
-                self._respond(cas=store.last_cas, value=_U64.pack(value))
+                self._respond(cas=new_cas, value=_U64.pack(value))
         elif result == st.NOT_FOUND:
-            if exptime == NO_CREATE:
-                self._error(KEY_ENOENT)
-                return
-            # memcached counts a miss only when it does not create the item
-            if cmd == INCR:
-                store.incr_misses -= 1
-            else:
-                store.decr_misses -= 1
-            result = store.store(st.ADD, key, 0, exptime, b"%d" % initial)
-            if result == st.STORED:
-                if not quiet:
-                    self._respond(cas=store.last_cas, value=_U64.pack(initial))
-            elif result == st.NO_MEMORY:
-                self._error(ENOMEM, b"Out of memory allocating new item")
-            else:
-                self._error(NOT_STORED)
+            self._error(KEY_ENOENT)
         elif result == st.NON_NUMERIC:
             self._error(DELTA_BADVAL)
         elif result == st.EXISTS:
             self._error(KEY_EEXISTS)
+        elif result == st.NOT_STORED:
+            self._error(ENOMEM, b"Out of memory allocating new item")
         else:
             self._error(ENOMEM, b"Out of memory incrementing value")
 
@@ -440,18 +419,16 @@ class BinaryProtocol(Connection):
         if not key:
             self._stats(stats_mod.general(node))
         elif key.startswith(b"reset"):
-            self.store.reset_stats()
-            for k in node.counters:
-                node.counters[k] = 0
-            node.total_connections = node.rejected_connections = 0
+            node.reset_stats()
             self._stats([])
         elif key.startswith(b"settings"):
             self._stats(stats_mod.settings(node))
         elif key.startswith(b"detail"):
             sub = key[6:]
             if sub.startswith(b" dump"):
-                self._stats([("detailed", "END\r\n")])
+                self._stats([("detailed", node.stats_detail(b"dump").decode("latin-1"))])
             elif sub.startswith(b" on") or sub.startswith(b" off"):
+                node.stats_detail(sub[1:3] if sub.startswith(b" on") else b"off")
                 self._stats([])
             else:
                 self._error(KEY_ENOENT)

@@ -202,7 +202,7 @@ class TextProtocol(Connection):
             return "conn_swallow"
         if self._on_data is not None:
             return "conn_nread"
-        return "conn_read" if self.rbuf.data else "conn_waiting"
+        return "conn_read" if self.rbuf.data else "conn_new_cmd"
 
     # -- input ------------------------------------------------------------------
 
@@ -513,10 +513,8 @@ class TextProtocol(Connection):
         store = self.store
         if store.too_large(len(key), vlen, flags):
             # refuse before reading: swallow the data without buffering it
-            self.node.counters["store_too_large"] += 1
+            store.refuse_too_large(key, mode == st.SET)
             self._say(noreply, TOO_LARGE)
-            if mode == st.SET:
-                store.delete(key)      # memcached drops the stale value on a failed set
             self.swallow(vlen + 2)
             return
 
@@ -529,11 +527,6 @@ class TextProtocol(Connection):
         self.expect_data(vlen + 2, on_data)
 
     def _stored(self, result: int, noreply: bool) -> None:
-        """Count a refused store and answer it (unless noreply)."""
-        if result == st.NO_MEMORY:
-            self.node.counters["store_no_memory"] += 1
-        elif result == st.TOO_LARGE:
-            self.node.counters["store_too_large"] += 1
         if not noreply:
             self.out.append(STORE_REPLIES[result])
 
@@ -689,19 +682,12 @@ class TextProtocol(Connection):
             return
         sub = tokens[1]
         if sub == b"reset":
-            self.store.reset_stats()
-            for k in node.counters:
-                node.counters[k] = 0
-            node.total_connections = node.rejected_connections = 0
+            node.reset_stats()
             self.out.append(b"RESET\r\n")
         elif sub == b"detail":
-            arg = tokens[2] if len(tokens) > 2 else b""
-            if arg in (b"on", b"off"):
-                self.out.append(b"OK\r\n")
-            elif arg == b"dump":
-                self.out.append(END)
-            else:
-                self.out.append(b"CLIENT_ERROR usage: stats detail on|off|dump\r\n")
+            reply = node.stats_detail(tokens[2] if len(tokens) > 2 else b"")
+            self.out.append(reply if reply is not None
+                            else b"CLIENT_ERROR usage: stats detail on|off|dump\r\n")
         elif sub == b"settings":
             self.out.append(stats_mod.render(stats_mod.settings(node)))
         elif sub == b"items":
