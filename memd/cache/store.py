@@ -593,11 +593,14 @@ class ItemStore:
             self._emit_store(mode, key, result, len(value))
         return result, new_cas
 
-    def refuse_too_large(self, key: bytes, drop_old: bool, detail: bool = True) -> None:
-        """A value refused before it was read (too large): counted, and with
-        ``drop_old`` the key's current value is unlinked (not counted as a
-        delete), so a client whose set failed does not read the old one."""
-        self.store_too_large += 1
+    def refuse_too_large(self, key: bytes, drop_old: bool, counted: bool = True,
+                         detail: bool = True) -> None:
+        """A value refused before it was read (too large): counted (memcached's
+        binary protocol does not count it), and with ``drop_old`` the key's
+        current value is unlinked (not counted as a delete), so a client whose
+        set failed does not read the old one."""
+        if counted:
+            self.store_too_large += 1
         if detail and self.detail is not None:
             self.detail.record_set(key)
         if drop_old:
@@ -729,7 +732,10 @@ class ItemStore:
         (``cas`` given and different) or NO_MEMORY.  ``create=(initial,
         exptime)`` makes a miss create the item holding ``initial`` (binary
         incr with an expiry, meta's N): then no miss is counted, nor a set.
-        A miss that cannot be created is NOT_STORED (or NO_MEMORY)."""
+        A miss that cannot be created is NOT_STORED.
+
+        (memcached rewrites in place only when no one else holds a reference
+        to the item, e.g. a reply still being sent; memd always can.)"""
         now = self.clock()
         item = self.find(key, now)
         if item < 0:

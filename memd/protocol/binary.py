@@ -236,7 +236,7 @@ class BinaryProtocol(Connection):
                 return True
             return False
         if store.too_large(len(key), vlen):
-            store.refuse_too_large(key, cmd == SET)
+            store.refuse_too_large(key, cmd == SET, counted=False)
             self._error(E2BIG, swallow=vlen)
             return True
         return False
