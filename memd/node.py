@@ -1,6 +1,7 @@
 """What every connection of a node shares: settings, the store, counters.
 
 The protocols read and update this; the server owns its lifetime.  No I/O.
+docs/design.md describes the layers.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
-"""The node's network side: the only module that awaits.
+"""The node's network side: the only module that awaits (docs/design.md).
 
-Shape (measured in DESIGN.md): plain TCP connections are served by ONE trio
-task from its own ``select.epoll``.  For each ready socket it reads once,
-hands the bytes to the connection's sans-IO protocol, and sends everything
-that read produced in one ``send``.  It blocks in
-``trio.lowlevel.wait_readable`` on the epoll fd only when nothing is ready.
-That gives up per-connection cancel scopes on the hot path (about 1.6x the
-throughput of a task per connection here); trio still owns accepting,
-TLS connections (a task each, via ``trio.SSLStream``), timers, signals and
-shutdown.
+Plain TCP connections are served by ONE trio task from its own
+``select.epoll`` (about 1.6x the throughput of a task per connection here).
+For each ready socket it reads once, hands the bytes to the connection's
+sans-IO protocol, and sends the reply chunks that read produced; it blocks
+in ``trio.lowlevel.wait_readable`` on the epoll fd only when nothing is
+ready and no connection has a paused reply to go on with.  Each connection
+queues its unsent chunks and is not read while any are queued; a protocol
+paused at its output bound is resumed one step per pass once its queue is
+sent (the connection life cycle in docs/design.md).  Trio still owns
+accepting, TLS connections (a task each, via ``trio.SSLStream``), timers,
+signals and shutdown.
 
 A failure inside one connection's protocol closes that connection and is
 logged; it never reaches the loop serving the others.

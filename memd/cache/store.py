@@ -1,7 +1,9 @@
 """The item store: memcached 1.6's command semantics over the slab allocator.
 
 Synchronous and free of I/O: the protocols call it, the server never awaits
-inside it.
+inside it.  It owns every memcached rule about items and their counters;
+the protocols get result records back and only render them (the table in
+docs/design.md).
 
 Item layout in its chunk (chosen so a text ``get`` hit is one slice)::
 

@@ -106,16 +106,8 @@ class BinaryProtocol(Connection):
         self.opcode = 0
         self.opaque = 0
 
-    @property
-    def state(self) -> str:
-        """What the connection waits for, under memcached's `stats conns` names."""
-        if self.blocked:
-            return "conn_mwrite"
-        if self._swallow:
-            return "conn_swallow"
-        if self.rbuf.data:
-            return "conn_nread" if self._need > HEADER_LEN else "conn_read"
-        return "conn_new_cmd"
+    def _reading_value(self) -> bool:
+        return self._need > HEADER_LEN
 
     # -- input -------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """memcached's meta commands (mg, ms, md, ma, me); mn is answered by the text parser.
 
+They parse their flags, call the store (which owns the counting, see
+docs/design.md) and render the reply.
+
 Behaviour follows memcached 1.6.18 as it answers on the wire (checked by
 sending it bytes), not protocol.txt where the two differ:
 

@@ -193,16 +193,10 @@ class TextProtocol(Connection):
 
     @property
     def state(self) -> str:
-        """What the connection waits for, under memcached's `stats conns` names."""
-        if self.watching:
-            return "conn_watch"
-        if self.blocked:
-            return "conn_mwrite"
-        if self._swallow:
-            return "conn_swallow"
-        if self._on_data is not None:
-            return "conn_nread"
-        return "conn_read" if self.rbuf.data else "conn_new_cmd"
+        return "conn_watch" if self.watching else super().state
+
+    def _reading_value(self) -> bool:
+        return self._on_data is not None
 
     # -- input ------------------------------------------------------------------
 

@@ -103,6 +103,17 @@ class Connection:
         self.authenticated = True
         self.out_limit = self._limit()
 
+    @property
+    def state(self) -> str:
+        """What the connection waits for, under memcached's `stats conns` names."""
+        if self.blocked:
+            return "conn_mwrite"
+        if self._swallow:
+            return "conn_swallow"
+        if self.rbuf.data:
+            return "conn_nread" if self._reading_value() else "conn_read"
+        return "conn_new_cmd"
+
     # -- the server's side -------------------------------------------------------
 
     @property
