@@ -27,8 +27,16 @@ is what an operator can reason about.  Every failure is one log line; load
 never raises, because a bad snapshot must never keep a cache from starting.
 
 Saving is atomic: a temporary file in the same directory, fsync, rename over
-the old snapshot, fsync of the directory (so the rename itself survives a
-power cut).  A crash mid-save leaves the previous snapshot intact.
+FILE, fsync of the directory (so the rename itself survives a power cut).
+
+A snapshot is good for one start only.  Once the file has been verified,
+load removes it (and fsyncs the directory) before storing a single item, the
+way memcached removes its restart metadata when it reads it; only the next
+graceful shutdown writes FILE again.  So whatever clients change after a
+warm start, a crash (kill -9, OOM, power cut) at any moment leads to an
+empty start, never to the old items: an overwritten key cannot get its old
+value back and a deleted key cannot reappear.  A save cut short leaves only
+FILE.tmp, which the next start removes without reading.
 """
 
 from __future__ import annotations
@@ -222,12 +230,11 @@ def _records(n: int, body: bytes):
         raise SnapshotError("corrupt (bytes left over in a block)")
 
 
-def _verify(path: str) -> None:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        for n, body in _blocks(f, size):
-            for _ in _records(n, body):
-                pass
+def _verify(f) -> None:
+    size = os.fstat(f.fileno()).st_size
+    for n, body in _blocks(f, size):
+        for _ in _records(n, body):
+            pass
 
 
 def _wipe(store) -> None:
@@ -237,21 +244,50 @@ def _wipe(store) -> None:
             store.delete(store.key_of(item))
 
 
+def _remove_leftover(tmp: str) -> None:
+    """Remove the temporary file of a save that was cut short (never read)."""
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("snapshot: could not remove %s, left by an interrupted save: %s", tmp, exc)
+        return
+    log.warning("snapshot: removed %s, left by an interrupted save", tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(tmp)))
+
+
 def load(store, path: str) -> int:
     """Restore the items saved in ``path`` into ``store``; the number restored.
 
     Items that have expired by now are dropped; the others keep their
     absolute expiry time.  A missing, truncated or corrupt file logs one line
     and leaves the store empty; this function never raises for a bad file.
+    An intact file is removed before anything is stored (it is good for one
+    start; see the module's docstring), and if it cannot be removed it is not
+    loaded.  A leftover ``path.tmp`` is removed unread.
     The store's statistics counters are left as they were: restoring is not
     client traffic, so ``cmd_set``/``total_items`` should not count it.
     """
     started = time.monotonic()
     path = os.fspath(path)
+    _remove_leftover(path + ".tmp")
     counters = {name: getattr(store, name) for name in store.COUNTERS}
     try:
-        _verify(path)
-        loaded, expired, refused = _load_verified(store, path)
+        with open(path, "rb") as f:
+            _verify(f)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass                  # someone else removed it: nothing left to resurrect
+            except OSError as exc:
+                log.warning("snapshot: not loading %s: it cannot be removed (%s), so a crash "
+                            "would bring its items back; starting with an empty cache",
+                            path, exc)
+                return 0
+            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            f.seek(0)
+            loaded, expired, refused = _load_verified(store, f)
     except FileNotFoundError:
         log.warning("snapshot: %s does not exist; starting with an empty cache", path)
         return 0
@@ -261,7 +297,8 @@ def load(store, path: str) -> int:
         log.warning("snapshot: ignoring %s: %s; starting with an empty cache", path, exc)
         return 0
     _restore_counters(store, counters)
-    log.info("snapshot: loaded %d items from %s in %.2fs (%d expired, %d not stored)",
+    log.info("snapshot: loaded %d items from %s in %.2fs (%d expired, %d not stored); "
+             "removed it until the next graceful shutdown writes it again",
              loaded, path, time.monotonic() - started, expired, refused)
     return loaded
 
@@ -271,35 +308,34 @@ def _restore_counters(store, counters) -> None:
         setattr(store, name, value)
 
 
-def _load_verified(store, path: str) -> tuple[int, int, int]:
+def _load_verified(store, f) -> tuple[int, int, int]:
     now = store.clock()
     put = store.store
     loaded = expired = refused = 0
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        for n, body in _blocks(f, size):
-            for key, flags, exp, value in _records(n, body):
-                if exp and exp <= now:
-                    expired += 1
-                    continue
-                if not key or len(key) > KEY_MAX:
-                    refused += 1
-                    continue
-                if exp > st.REALTIME_MAXDELTA:
-                    # memcached's rule reads an exptime above 30 days as an
-                    # absolute time, so the item keeps its original deadline
-                    result = put(st.SET, key, flags, exp, value)
-                else:
-                    # a clock so early that the absolute time would be read as
-                    # relative (only fake clocks in tests): set it directly
-                    result = put(st.SET, key, flags, 0, value)
-                    if result == st.STORED and exp:
-                        store.set_exptime(store.find(key, now), exp)
-                if result == st.STORED:
-                    loaded += 1
-                elif result == st.NO_MEMORY:
-                    # -M and the cache is full: the rest cannot fit either
-                    refused += 1
-                else:
-                    refused += 1
+    size = os.fstat(f.fileno()).st_size
+    for n, body in _blocks(f, size):
+        for key, flags, exp, value in _records(n, body):
+            if exp and exp <= now:
+                expired += 1
+                continue
+            if not key or len(key) > KEY_MAX:
+                refused += 1
+                continue
+            if exp > st.REALTIME_MAXDELTA:
+                # memcached's rule reads an exptime above 30 days as an
+                # absolute time, so the item keeps its original deadline
+                result = put(st.SET, key, flags, exp, value)
+            else:
+                # a clock so early that the absolute time would be read as
+                # relative (only fake clocks in tests): set it directly
+                result = put(st.SET, key, flags, 0, value)
+                if result == st.STORED and exp:
+                    store.set_exptime(store.find(key, now), exp)
+            if result == st.STORED:
+                loaded += 1
+            elif result == st.NO_MEMORY:
+                # -M and the cache is full: the rest cannot fit either
+                refused += 1
+            else:
+                refused += 1
     return loaded, expired, refused

@@ -211,6 +211,63 @@ def test_a_failed_save_logs_once_and_keeps_the_old_snapshot(snap, tmp_path, capl
     assert snapshot.save(a, str(tmp_path / "no" / "such" / "dir")) == -1
 
 
+# -- one start per snapshot: a crash never resurrects data -----------------------------
+
+
+def test_a_loaded_snapshot_is_removed_so_it_serves_one_start_only(snap, caplog):
+    clock = FakeClock()
+    a = make_store(clock)
+    a.store(st.SET, b"k", 0, 0, b"old")
+    snapshot.save(a, snap)
+    b = make_store(clock)
+    assert snapshot.load(b, snap) == 1
+    assert not os.path.exists(snap)
+    # a start after a crash (no graceful shutdown wrote the file again) is empty
+    c = make_store(clock)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    assert snapshot.load(c, snap) == 0
+    assert items_of(c) == {}
+    assert "does not exist" in snapshot_records(caplog)[0].getMessage()
+
+
+def test_a_snapshot_that_cannot_be_removed_is_not_loaded(snap, caplog, monkeypatch):
+    # loading a file that stays valid would hand its items to the start after a crash
+    clock = _good_file(snap, n=10)
+
+    def refuse(path, *a, **kw):
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(snapshot.os, "unlink", refuse)
+    msg = _load_bad(snap, clock, caplog)
+    assert "cannot be removed" in msg
+    assert os.path.exists(snap)
+
+
+def test_a_damaged_snapshot_is_left_in_place_for_the_operator(snap, caplog):
+    clock = _good_file(snap)
+    data = bytearray(open(snap, "rb").read())
+    data[-5] ^= 0x41
+    with open(snap, "wb") as f:
+        f.write(data)
+    _load_bad(snap, clock, caplog)
+    assert open(snap, "rb").read() == data
+
+
+def test_the_temporary_of_an_interrupted_save_is_removed_unread(snap, tmp_path, caplog):
+    # the worst case: the save wrote everything but was killed before the rename
+    clock = _good_file(snap, n=50)
+    os.rename(snap, snap + ".tmp")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    b = make_store(clock)
+    assert snapshot.load(b, snap) == 0
+    assert items_of(b) == {}
+    assert os.listdir(tmp_path) == []
+    messages = [r.getMessage() for r in snapshot_records(caplog)]
+    assert any("interrupted save" in m for m in messages), messages
+
+
 # -- bad files: one log line, empty cache, never an exception ---------------------------
 
 
@@ -497,5 +554,72 @@ def test_a_node_given_a_corrupt_snapshot_starts_empty_with_one_log_line(tmp_path
         assert _curr_items(node.port) == 0
         lines = _warnings_in(node.stderr_text())
         assert len(lines) == 1 and "corrupt" in lines[0], lines
+    finally:
+        node.cleanup()
+
+
+# -- end to end: kill -9 after a warm start ----------------------------------------------
+
+
+def _get(port: int, key: bytes) -> bytes | None:
+    reply = _command(port, b"get " + key + b"\r\n")
+    while not reply.endswith(b"END\r\n"):
+        reply = _command(port, b"get " + key + b"\r\n")
+    if reply == b"END\r\n":
+        return None
+    head, _, rest = reply.partition(b"\r\n")
+    return rest[:int(head.split()[3])]
+
+
+def test_a_kill_after_a_warm_start_never_brings_back_overwritten_or_deleted_keys(tmp_path):
+    # the sequence of issue 12: SIGTERM, start warm, overwrite k, delete d, kill -9, start
+    snap = str(tmp_path / "node.snap")
+    first = servers.start_memd("--snapshot", snap)
+    try:
+        assert _command(first.port, b"set k 0 0 3\r\nold\r\n") == b"STORED\r\n"
+        assert _command(first.port, b"set d 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        _sigterm_and_wait(first)
+    finally:
+        first.cleanup()
+
+    warm = servers.start_memd("--snapshot", snap)
+    try:
+        assert _get(warm.port, b"k") == b"old"          # the warm start worked
+        assert _get(warm.port, b"d") == b"x"
+        assert _command(warm.port, b"set k 0 0 3\r\nnew\r\n") == b"STORED\r\n"
+        assert _command(warm.port, b"delete d\r\n") == b"DELETED\r\n"
+        warm.proc.kill()
+        warm.proc.wait(timeout=10)
+    finally:
+        warm.cleanup()
+
+    after = servers.start_memd("--snapshot", snap)
+    try:
+        assert _get(after.port, b"k") != b"old"
+        assert _get(after.port, b"d") is None
+        assert _curr_items(after.port) == 0              # the crash meant a clean start
+        assert "Traceback" not in after.stderr_text()
+    finally:
+        after.cleanup()
+
+
+def test_a_node_removes_an_interrupted_save_and_never_loads_it(tmp_path):
+    # a save killed after writing every block but before its rename leaves a
+    # complete FILE.tmp: the next start must remove it unread
+    snap = str(tmp_path / "node.snap")
+    first = servers.start_memd("--snapshot", snap)
+    try:
+        assert _command(first.port, b"set k 0 0 3\r\nold\r\n") == b"STORED\r\n"
+        _sigterm_and_wait(first)
+    finally:
+        first.cleanup()
+    os.rename(snap, snap + ".tmp")
+
+    node = servers.start_memd("--snapshot", snap)
+    try:
+        assert _get(node.port, b"k") is None
+        assert _curr_items(node.port) == 0
+        assert not os.path.exists(snap + ".tmp")
+        assert "interrupted save" in node.stderr_text()
     finally:
         node.cleanup()
