@@ -706,9 +706,11 @@ class ItemStore:
             self.atime[item] = now
             self.lru.bump(self.id_class[item], item)
 
-    def delete(self, key: bytes, cas: int = 0, detail: bool = True) -> int:
+    def delete(self, key: bytes, cas: int = 0, detail: bool = True,
+               bad_cas_is_miss: bool = False) -> int:
         """DELETED, NOT_FOUND, or EXISTS (CAS given and different).
-        ``detail=False``: not counted in `stats detail` (meta's md)."""
+        ``detail=False``: not counted in `stats detail`; ``bad_cas_is_miss``:
+        a CAS mismatch counts a delete miss (both meta's md, as memcached)."""
         if detail and self.detail is not None:
             self.detail.record_delete(key)
         item = self.find(key)
@@ -716,10 +718,29 @@ class ItemStore:
             self.delete_misses += 1
             return NOT_FOUND
         if cas and self.cas[item] != cas:
+            if bad_cas_is_miss:
+                self.delete_misses += 1
             return EXISTS
         self.delete_hits += 1
         self.slabs.classes[self.id_class[item]].delete_hits += 1
         self._unlink(item, key)
+        return DELETED
+
+    def invalidate_stale(self, key: bytes, cas: int = 0, exptime: int | None = None) -> int:
+        """Meta's md with I: keep the item but mark it stale (served with X,
+        one client told to recache with W), give it a new CAS and optionally
+        a new expiry.  DELETED, NOT_FOUND or EXISTS (CAS given and different),
+        misses counted as md counts them."""
+        now = self.clock()
+        item = self.find(key, now)
+        if item < 0 or (cas and self.cas[item] != cas):
+            self.delete_misses += 1
+            return NOT_FOUND if item < 0 else EXISTS
+        if exptime is not None:
+            self.set_exptime(item, exptime)
+        self.iflags[item] = (self.iflags[item] | STALE) & ~WIN_SENT
+        self.invalidate(item, key)
+        self.cas[item] = self.new_cas()
         return DELETED
 
     def incr_decr(self, key: bytes, delta: int, incr: bool, cas: int = 0):

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from ..cache import store as st
 from ..numbers import strtol32
+from .wire import KEY_MAX
 from .meta_flags import (
-    BAD_FORMAT, KEY_BINARY, KEY_MAX, MAX_TOKENS, OPAQUE_MAX, b64decode,
+    BAD_FORMAT, KEY_BINARY, MAX_TOKENS, OPAQUE_MAX, b64decode,
     b64encode, key_token, memcached_class, memcached_size, preparse,
 )
 
@@ -342,21 +343,17 @@ class MetaCommands:
             out.append(OPAQUE_LONG)
             return
         key = f.key
-        item = store.find(key, now)
-        if item < 0:
-            store.delete_misses += 1
+        if f.set_stale:
+            result = store.invalidate_stale(key, f.cas if f.has_cas else 0,
+                                            f.exptime if f.new_ttl else None)
+        else:
+            result = store.delete(key, f.cas if f.has_cas else 0, detail=False,
+                                  bad_cas_is_miss=True)
+        if result == st.NOT_FOUND:
             status = b"NF"
-        elif f.has_cas and store.cas[item] != f.cas:
-            store.delete_misses += 1
+        elif result == st.EXISTS:
             status = b"EX"
         else:
-            if f.set_stale:
-                if f.new_ttl:
-                    store.set_exptime(item, f.exptime)
-                store.iflags[item] = (store.iflags[item] | STALE) & ~WIN_SENT
-                store.cas[item] = store.new_cas()
-            else:
-                store.delete(key, detail=False)
             if f.no_reply:
                 return
             status = b"HD"
