@@ -96,7 +96,8 @@ TEXT_SCRIPT = b"".join([
     b"set gone 0 0 %d\r\n" % BIG, b"z" * BIG, b"\r\n", b"get gone\r\n",
     b"set never 0 0 %d noreply\r\n" % BIG, b"z" * BIG, b"\r\n",
 ])
-FLUSH_SCRIPT = b"flush_all\r\nget a b\r\nset after 0 0 1\r\nx\r\nget after\r\n"
+FLUSH_SCRIPT = (b"flush_all\r\nget a\r\ntouch b 10\r\nset after 0 0 1\r\nx\r\n"
+                b"get after\r\n")
 
 
 def test_text_commands_count_like_memcached(pair):
@@ -165,8 +166,9 @@ def test_binary_commands_count_like_memcached(pair):
         run_binary(s, binary_script())
     assert_same_counters(pair)
     for s in pair:
-        run_binary(s, frame(FLUSH) + frame(GET, b"a") + frame(SET, b"after", set_extras(), b"x")
-                   + frame(GET, b"after"))
+        run_binary(s, frame(FLUSH) + frame(GET, b"a") + frame(TOUCH, b"b", struct.pack(">I", 10))
+                   + frame(GAT, b"made", struct.pack(">I", 10))
+                   + frame(SET, b"after", set_extras(), b"x") + frame(GET, b"after"))
     assert_same_counters(pair, AFTER_FLUSH)
 
 

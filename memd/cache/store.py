@@ -522,9 +522,12 @@ class ItemStore:
 
         As in memcached 1.6.18, a gat counts as a touch only, not as a get
         (but `stats detail` counts it as a get)."""
+        return self._lookup(key, touch_exptime, True)
+
+    def _lookup(self, key: bytes, touch_exptime: int | None, observed: bool) -> int:
         now = self.clock()
         item = self.find_for_get(key, now)
-        if self.watch or self.detail is not None:
+        if observed and (self.watch or self.detail is not None):
             self._fetched(key, item)
         touched = touch_exptime is not None
         if item == NIL:
@@ -812,18 +815,10 @@ class ItemStore:
         return STORED, value, self.cas[new], False
 
     def touch(self, key: bytes, exptime: int) -> int:
-        """The item with its expiry replaced, or -1."""
-        now = self.clock()
-        self.cmd_touch += 1
-        item = self.find(key, now)
-        if item < 0:
-            self.touch_misses += 1
-            return NIL
-        self.touch_hits += 1
-        self.slabs.classes[self.id_class[item]].touch_hits += 1
-        self.set_exptime(item, self.abs_exptime(exptime, now))
-        self._touched(item, now)
-        return item
+        """The item with its expiry replaced, or -1.  Counted as a touch; a
+        dead item met counts in get_expired/get_flushed, as every memcached
+        lookup does (not a fetch for watchers or `stats detail`)."""
+        return self._lookup(key, exptime, False)
 
     def flush_all(self, delay: int = 0) -> None:
         """Invalidate everything stored before now (or before now + delay)."""
