@@ -163,7 +163,7 @@ def test_fan_out_runs_nodes_in_parallel():
     with ClusterClient([f"127.0.0.{i}:1" for i in (2, 3, 4)], max_workers=4) as cc:
         def slow(keys, *a, **kw):
             time.sleep(0.2)
-            return {k: b"v" for k in keys}
+            return {k: (b"v", 0) for k in keys}
 
         for client in cc._clients.values():
             client.get_many = slow

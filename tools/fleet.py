@@ -2,6 +2,8 @@
 
     python -m tools.fleet up       # start every service of docker-compose.yml
     python -m tools.fleet status
+    python -m tools.fleet rolling-restart   # one node at a time: snapshot, warm start
+    python -m tools.fleet rolling-restart --compose docker-compose.yml --engine podman-compose
     python -m tools.fleet down     # SIGTERM, wait, SIGKILL after --timeout
 
 Each service gets its own address (127.0.0.2, 127.0.0.3, ...) and keeps the
@@ -14,6 +16,8 @@ From tests::
     with LocalFleet(n=3) as fleet:
         fleet.addresses          # ["127.0.0.2:PORT", ...]
         fleet.kill(1); fleet.restart(1); fleet.add_node()
+    with LocalFleet(n=3, snapshot=True) as fleet:   # --snapshot per node
+        rolling_restart(fleet)
 
 Only 127.0.0.x is ever used (Linux routes all of 127/8 to loopback).
 """
@@ -34,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 DEFAULT_STATE = Path(".fleet") / "state.json"
@@ -190,6 +195,7 @@ class LocalFleet:
         first_host: int = 2,
         startup_timeout: float = 15.0,
         detach: bool = False,
+        snapshot: bool = False,
     ) -> None:
         if backend == "auto":
             backend = "memd" if memd_available() else "memcached"
@@ -202,6 +208,7 @@ class LocalFleet:
         self.detach = detach  # outlive this Python process (the CLI's `up`)
         self._first_host = first_host
         self._extra = list(extra_args if extra_args is not None else ["-m", "64"])
+        self.snapshot = snapshot  # each memd node gets --snapshot <workdir>/<name>.snap
         hosts = [self._host(i) for i in range(n + 4)]  # room for add_node()
         self.port = port or free_port(hosts)
         self.nodes = [Node(f"memd{i + 1}", self._host(i), self.port, list(self._extra)) for i in range(n)]
@@ -265,6 +272,16 @@ class LocalFleet:
         self._spawn(node)
         self._wait_ready(node)
 
+    def graceful_restart(self, i: int, timeout: float = 60.0) -> None:
+        """SIGTERM node ``i`` (it writes its snapshot), start it again, wait until it answers."""
+        node = self.nodes[i]
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.terminate()
+            node.proc.wait(timeout=timeout)
+        node.proc = None
+        self._spawn(node)
+        self._wait_ready(node)
+
     def add_node(self) -> int:
         """Start one more node, then list it in the cluster file; returns its index."""
         i = len(self.nodes)
@@ -295,8 +312,14 @@ class LocalFleet:
             f.writelines(f"{n.address}\n" for n in nodes)
         os.replace(tmp, self.cluster_file)
 
+    def node_argv(self, node: Node) -> list[str]:
+        extra = list(node.extra)
+        if self.snapshot and "--snapshot" not in extra:
+            extra += ["--snapshot", str(self.workdir / f"{node.name}.snap")]
+        return node_command(self.backend, node.host, node.port, self.cluster_file, extra)
+
     def _spawn(self, node: Node) -> None:
-        cmd = node_command(self.backend, node.host, node.port, self.cluster_file, node.extra)
+        cmd = self.node_argv(node)
         node.log_path = str(self.workdir / f"{node.name}.log")
         with open(node.log_path, "ab") as log:
             node.proc = subprocess.Popen(
@@ -332,6 +355,40 @@ class LocalFleet:
             return Path(node.log_path).read_text(errors="replace")[-800:]
         except OSError:
             return ""
+
+
+def rolling_restart(fleet: LocalFleet, wait: float = 0.0,
+                    on_restarted: Callable[[int], None] | None = None) -> list[float]:
+    """Restart every node in turn through a graceful snapshot and warm start.
+
+    Each node must answer again before the next goes down; ``wait`` more
+    seconds then pass, so that clients (which probe dead nodes every
+    ``dead_timeout`` seconds) have put it back before its neighbour leaves.
+    Returns each node's downtime in seconds.
+    """
+    downtimes = []
+    for i in range(len(fleet.nodes)):
+        started = time.monotonic()
+        fleet.graceful_restart(i)
+        downtimes.append(time.monotonic() - started)
+        if on_restarted is not None:
+            on_restarted(i)
+        time.sleep(wait)
+    return downtimes
+
+
+def _restart_pid(entry: dict, timeout: float, startup: float) -> dict:
+    """The CLI's rolling restart step for a detached node recorded in the state file."""
+    stop_pids([entry["pid"]], timeout=timeout)
+    with open(entry["log"], "ab") as log:
+        proc = subprocess.Popen(entry["argv"], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + startup
+    while not ping(entry["host"], entry["port"], timeout=0.2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{entry['name']} did not come back (see {entry['log']})")
+        time.sleep(0.05)
+    return dict(entry, pid=proc.pid)
 
 
 # --------------------------------------------------------------------------- compose
@@ -375,6 +432,47 @@ def _parse_compose_minimal(text: str) -> dict[str, list[str]]:
     return services
 
 
+def compose_published_ports(path: Path) -> dict[str, int]:
+    """Service name -> the host port published for its container port (PyYAML)."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    out = {}
+    for name, svc in (doc.get("services") or {}).items():
+        for entry in (svc or {}).get("ports") or []:
+            # "HOST:CONTAINER" or "IP:HOST:CONTAINER"; the first one wins.
+            parts = str(entry).split("/")[0].split(":")
+            if len(parts) >= 2:
+                out[name] = int(parts[-2])
+                break
+    return out
+
+
+def compose_rolling_restart(path: Path, engine: list[str], host: str = "127.0.0.1",
+                            wait: float = 0.0, stop_timeout: int = 60,
+                            startup: float = 60.0) -> list[tuple[str, float]]:
+    """Restart a compose fleet's services one at a time: ``stop -t`` (memd
+    writes its snapshot on SIGTERM), ``start``, wait for the published port
+    to answer, then ``wait`` more seconds.  ``engine`` is e.g.
+    ``["docker", "compose"]`` or ``["podman-compose"]``."""
+    done = []
+    for name, port in compose_published_ports(path).items():
+        started = time.monotonic()
+        base = [*engine, "-f", str(path)]
+        subprocess.run([*base, "stop", "-t", str(stop_timeout), name], check=True,
+                       timeout=stop_timeout + 30)
+        subprocess.run([*base, "start", name], check=True, timeout=120)
+        deadline = time.monotonic() + startup
+        while not ping(host, port, timeout=0.2):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} does not answer on {host}:{port}")
+            time.sleep(0.1)
+        done.append((name, time.monotonic() - started))
+        print(f"{name:10} back in {done[-1][1]:.2f} s", flush=True)
+        time.sleep(wait)
+    return done
+
+
 def strip_own_flags(args: list[str]) -> list[str]:
     out, skip = [], False
     for a in args:
@@ -415,6 +513,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     fleet = LocalFleet(
         n=len(services), backend=args.backend, port=port,
         workdir=str(state_path.parent.resolve() / "run"), detach=True, first_host=args.first_host,
+        snapshot=args.snapshot and args.backend != "memcached",
     )
     for node, (name, cmd) in zip(fleet.nodes, services.items()):
         node.name, node.extra = name, strip_own_flags(cmd)
@@ -423,7 +522,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "backend": fleet.backend,
         "cluster_file": fleet.cluster_file,
         "nodes": [{"name": n.name, "host": n.host, "port": n.port, "pid": n.proc.pid,
-                   "log": n.log_path} for n in fleet.nodes],
+                   "log": n.log_path, "argv": fleet.node_argv(n)} for n in fleet.nodes],
     }
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=2) + "\n")
@@ -463,6 +562,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_rolling_restart(args: argparse.Namespace) -> int:
+    if args.compose:
+        compose_rolling_restart(Path(args.compose), args.engine.split(), host=args.host,
+                                wait=args.wait, stop_timeout=int(args.timeout),
+                                startup=args.startup_timeout)
+        return 0
+    state_path = Path(args.state)
+    if not state_path.exists():
+        print("fleet is down", file=sys.stderr)
+        return 1
+    state = json.loads(state_path.read_text())
+    if not any("--snapshot" in n.get("argv", ()) for n in state["nodes"]):
+        print("warning: nodes have no --snapshot; they restart empty", file=sys.stderr)
+    for i, entry in enumerate(state["nodes"]):
+        started = time.monotonic()
+        state["nodes"][i] = _restart_pid(entry, args.timeout, args.startup_timeout)
+        state_path.write_text(json.dumps(state, indent=2) + "\n")  # new pid at once
+        print(f"{entry['name']:10} back in {time.monotonic() - started:.2f} s "
+              f"(pid {state['nodes'][i]['pid']})", flush=True)
+        if i + 1 < len(state["nodes"]):
+            time.sleep(args.wait)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.fleet", description=__doc__.split("\n\n")[0])
     p.add_argument("--state", default=str(DEFAULT_STATE), help="state file (default .fleet/state.json)")
@@ -472,11 +595,26 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--backend", choices=["auto", "memd", "memcached"], default="auto")
     up.add_argument("--port", type=int, default=None, help="override the compose port")
     up.add_argument("--first-host", type=int, default=2, help="first 127.0.0.N octet (default 2)")
+    up.add_argument("--no-snapshot", dest="snapshot", action="store_false",
+                    help="do not give memd nodes --snapshot (rolling restarts then start empty)")
+    rr = sub.add_parser("rolling-restart",
+                        help="restart nodes one at a time through a snapshot and warm start")
+    rr.add_argument("--wait", type=float, default=35.0,
+                    help="seconds between a node answering and the next going down; above "
+                         "clients' dead_timeout (30 s by default) so they have put it back")
+    rr.add_argument("--timeout", type=float, default=60.0, help="graceful stop limit (snapshot write)")
+    rr.add_argument("--startup-timeout", type=float, default=60.0, help="snapshot load limit")
+    rr.add_argument("--compose", metavar="FILE",
+                    help="restart the services of a running compose fleet instead of a local one")
+    rr.add_argument("--engine", default="docker compose",
+                    help="compose command (default 'docker compose'; e.g. podman-compose)")
+    rr.add_argument("--host", default="127.0.0.1", help="where the published ports answer")
     down = sub.add_parser("down", help="stop the fleet (SIGTERM, then SIGKILL)")
     down.add_argument("--timeout", type=float, default=5.0)
     sub.add_parser("status", help="show which nodes answer")
     args = p.parse_args(argv)
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.cmd](args)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status,
+            "rolling-restart": cmd_rolling_restart}[args.cmd](args)
 
 
 if __name__ == "__main__":

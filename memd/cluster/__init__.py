@@ -1,7 +1,9 @@
 """Client side of a memd fleet, plus the node's ``config get cluster`` data.
 
 - ``ring``: consistent hashing (xxh3 ``HashRing``, libmemcached ``KetamaRing``)
-- ``client``: ``ClusterClient``, pymemcache per node, failover, discovery
+- ``client``: ``ClusterClient``, pymemcache per node, replicas, failover,
+  warm-up after membership changes, discovery
+- ``journal``: the client's staleness records (suspect copies, stand-in holders)
 - ``discovery``: parse ``config get cluster`` replies, resolve DNS members
 - ``config``: the node side, ``ClusterConfig`` (sans-IO)
 
