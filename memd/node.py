@@ -37,17 +37,24 @@ class NodeSettings:
     idle_timeout: int = 0
     flush_enabled: bool = True
     recent_replies_mb: int = -1     # -1: the store's default (a sixteenth of the memory limit)
+    detail_delimiter: str = ":"     # -D: between a key's prefix and the rest, for `stats detail`
+    unix_socket: str | None = None  # -s: listen on this UNIX socket instead of TCP
+    unix_mask: int = 0o700          # -a: its access mask
+    backlog: int = 1024             # -b
+    protocol: str = "auto"          # -B: auto (by the first byte), ascii or binary
+    tls: bool = False               # the listeners speak TLS (set by the CLI)
+    tls_cert: str | None = None     # what `stats settings` reports as ssl_*
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify_mode: int = 0        # memcached's ssl_verify_mode, 0-3
+    tls_min_version: int = 2        # memcached's ssl_min_version, 0-3 (TLS 1.0-1.3)
+    tls_ciphers: str | None = None
     # Reply bytes one connection may have produced and not yet sent before
     # memd stops reading and parsing its input (see memd.protocol.wire).
     # memcached's nearest knob is -o read_buf_mem_limit, a node-wide cap on
     # read buffers; memcached bounds output per connection by not reading
     # while its output is queued, as memd does past this.
     conn_output_limit: int = 4 << 20
-    detail_delimiter: str = ":"     # memcached's -D: the key prefix delimiter of `stats detail`
-    tls: bool = False               # TLS on (memcached's -Z), with these files (`stats settings`)
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_ca: str | None = None
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
@@ -58,6 +65,25 @@ class NodeSettings:
             evictions=self.evictions,
             recent_bytes=self.recent_replies_mb << 20 if self.recent_replies_mb >= 0 else -1,
         )
+
+
+def listen_entry(text: str) -> tuple[str, int | None, bool]:
+    """One ``-l`` entry as memcached reads it: ``[notls:]host[:port]``, an IPv6
+    host in brackets when a port follows.  (host, port or None, TLS allowed)."""
+    tls = not text.startswith("notls:")
+    text = text if tls else text[len("notls:"):]
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad listen address: {text!r}")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if not host or (port is not None and not (port.isdigit() and int(port) <= 65535)):
+        raise ValueError(f"bad listen address: {text!r}")
+    return host, None if port is None else int(port), tls
 
 
 class ConnInfo:
@@ -111,6 +137,9 @@ class Node:
         self.cluster = None            # memd.cluster.config.ClusterConfig
         self.auth = None               # memd.auth.Authenticator
         self.shutdown_requested = False
+        # `stats <name>` groups beyond the built-in ones: name -> node -> (name, value) pairs
+        # (memd has no extstore, so `stats extstore` is empty, as in memcached without it)
+        self.stats_groups = {b"extstore": lambda node: []}
         self.counters = {"cmd_meta": 0, "auth_cmds": 0, "auth_errors": 0}
         self.prefixes = PrefixStats(self.settings.detail_delimiter.encode()[:1] or b":")
 

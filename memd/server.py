@@ -1,36 +1,50 @@
-"""The node's network side: the only module that awaits (docs/design.md).
+"""The node's network side: the only module that awaits.
 
-Plain TCP connections are served by ONE trio task from its own
-``select.epoll`` (about 1.6x the throughput of a task per connection here).
-For each ready socket it reads once, hands the bytes to the connection's
-sans-IO protocol, and sends the reply chunks that read produced; it blocks
-in ``trio.lowlevel.wait_readable`` on the epoll fd only when nothing is
-ready and no connection has a paused reply to go on with.  Each connection
-queues its unsent chunks and is not read while any are queued; a protocol
-paused at its output bound is resumed one step per pass once its queue is
-sent (the connection life cycle in docs/design.md).  Trio still owns
-accepting, TLS connections (a task each, via ``trio.SSLStream``), timers,
-signals and shutdown.
+Shape (docs/design.md): plain TCP connections are served by ONE trio
+task from its own ``select.epoll``.  For each ready socket it reads once,
+hands the bytes to the connection's sans-IO protocol, and sends everything
+that read produced in one ``send``.  It blocks in
+``trio.lowlevel.wait_readable`` on the epoll fd only when nothing is ready.
+That gives up per-connection cancel scopes on the hot path (about 1.6x the
+throughput of a task per connection here); trio still owns accepting,
+TLS connections (a task each, via ``trio.SSLStream``), timers, signals and
+shutdown.
+
+Where ``select.epoll`` does not exist (macOS, Windows), or when the
+environment sets ``MEMD_PORTABLE_IO=1`` (CI runs the protocol suite that way
+on Linux), plain connections take the TLS connections' path instead: a trio
+task each on a ``trio.SocketStream`` -- trio's own I/O, on every platform.
 
 A failure inside one connection's protocol closes that connection and is
 logged; it never reaches the loop serving the others.
+
+Each epoll connection queues its unsent reply chunks and is not read while
+any are queued; a protocol paused at its output bound is resumed one step
+per pass once its queue is sent (the connection life cycle in
+docs/design.md).  The trio-task path does the same by awaiting each send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
+import inspect
 import logging
+import os
 import select
 import signal
 import socket
+import stat
+import threading
 import time
 from collections import deque
 from itertools import islice
 
 import trio
 
-from .node import ConnInfo, Node
-from .protocol import protocol_for
+from .node import ConnInfo, Node, listen_entry
+from .protocol import BINARY_REQUEST_MAGIC, protocol_for
 from .protocol.wire import PREAUTH_INPUT
 
 log = logging.getLogger("memd")
@@ -45,15 +59,22 @@ RECV_SIZE = 256 * 1024
 TOO_MANY = b"ERROR Too many open connections\r\n"
 JOIN_MAX = 256 * 1024          # replies up to this are joined and sent in one send
 SENDMSG_MAX = 64               # chunks handed to one sendmsg
-EPOLLIN = select.EPOLLIN
-EPOLLOUT = select.EPOLLOUT
-EPOLLHUP = select.EPOLLHUP
-EPOLLERR = select.EPOLLERR
+EPOLLIN = getattr(select, "EPOLLIN", 1)
+EPOLLOUT = getattr(select, "EPOLLOUT", 4)
+EPOLLHUP = getattr(select, "EPOLLHUP", 16)
+EPOLLERR = getattr(select, "EPOLLERR", 8)
 TICK = 0.1                     # seconds between housekeeping rounds
 RECLAIM_BUDGET = 2_000         # chunks the reclaimer looks at per tick (20k/s)
 SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown
 TLS_HANDSHAKE_TIMEOUT = 10.0   # a peer that never finishes its handshake is dropped
-CLUSTER_REFRESH_TICKS = 10     # re-read --cluster-file about once a second
+CLUSTER_POLL_SECONDS = 1.0     # re-read --cluster-file / DNS membership about once a second
+
+# A worker-thread call that shutdown does not wait for (a DNS lookup can hang
+# for its whole timeout). trio 0.23 renamed the flag.
+if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters:
+    _in_thread = functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True)
+else:
+    _in_thread = functools.partial(trio.to_thread.run_sync, cancellable=True)
 
 
 class Conn:
@@ -93,6 +114,36 @@ def coalesce(chunks: list):
     return chunks
 
 
+def portable_io() -> bool:
+    """True where plain connections take the task-per-connection path."""
+    return not hasattr(select, "epoll") or os.environ.get("MEMD_PORTABLE_IO") == "1"
+
+
+class StreamConn:
+    """A connection served by a trio task of its own (TLS, or the portable path)."""
+
+    __slots__ = ("stream", "info", "scope", "sending")
+
+    def __init__(self, stream, info: ConnInfo) -> None:
+        self.stream = stream
+        self.info = info
+        self.scope = trio.CancelScope()     # the idle timeout cancels it
+        self.sending = trio.Lock()          # replies and watch lines take turns
+
+    async def send(self, data: bytes, node: Node) -> None:
+        async with self.sending:
+            await self.stream.send_all(data)
+        node.bytes_written += len(data)
+
+    async def send_watch(self, lines: bytes, node: Node) -> None:
+        """`watch` lines, sent from a task of their own: a connection gone
+        meanwhile ends only this send (its own task sees it close)."""
+        try:
+            await self.send(lines, node)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
 class Server:
     def __init__(self, node: Node, ssl_context=None, tls_port: int | None = None) -> None:
         self.node = node
@@ -100,10 +151,11 @@ class Server:
         self.ssl_context = ssl_context
         self.tls_port = tls_port
         self.conns: dict[int, Conn] = {}
+        self.streams: dict[int, StreamConn] = {}
         self.runnable: set[Conn] = set()   # paused at the output bound, queue sent
         node.buffered = self.buffered
-        self.tls_tasks: dict[int, tuple[ConnInfo, trio.CancelScope]] = {}
-        self.ep = select.epoll()
+        self.portable = portable_io()
+        self.ep = None if self.portable else select.epoll()
         self.listeners: list[trio.socket.SocketType] = []
         self.bound: list[tuple[str, int]] = []
         self._stopping = False
@@ -111,52 +163,103 @@ class Server:
     # -- lifetime --------------------------------------------------------------
 
     async def bind(self) -> None:
-        """Open the listening sockets (port 0 picks a free one, reported in ``bound``)."""
+        """Open the listening sockets (port 0 picks a free one, reported in ``bound``).
+
+        With a UNIX socket (-s) there is no TCP listener, as in memcached.
+        """
         st = self.settings
+        if st.unix_socket:
+            await self._bind_unix(st.unix_socket, st.unix_mask)
+            return
         plain_is_tls = self.ssl_context is not None and self.tls_port is None
         ports = [(st.port, plain_is_tls)]
         if self.tls_port is not None:
             ports.append((self.tls_port, True))
-        for host in st.listen:
-            for port, tls in ports:
+        for entry in st.listen:
+            host, own_port, tls_allowed = listen_entry(entry)
+            for port, tls in ([(own_port, plain_is_tls)] if own_port is not None else ports):
+                tls = tls and tls_allowed
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 lsock = trio.socket.socket(family, socket.SOCK_STREAM)
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 await lsock.bind((host, port))
-                lsock.listen(1024)
-                lsock.is_tls = tls
-                self.listeners.append(lsock)
                 name = lsock.getsockname()
                 self.bound.append((name[0], name[1]))
-                self.node.listeners.append(f"tcp:{name[0]}:{name[1]}")
-                self.node.listener_fds[f"tcp:{name[0]}:{name[1]}"] = lsock.fileno()
-                log.info("listening on %s:%d%s", name[0], name[1], " (TLS)" if tls else "")
+                self._listen(lsock, "tcp:%s:%d" % name[:2], tls)
+
+    async def _bind_unix(self, path: str, mask: int) -> None:
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)              # a stale socket from an earlier run
+        except FileNotFoundError:
+            pass
+        lsock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(~mask & 0o777)        # as memcached: the mask applies from creation on
+        try:
+            await lsock.bind(path)
+        finally:
+            os.umask(old)
+        self._listen(lsock, f"unix:{path}", False)
+
+    def _listen(self, lsock, name: str, tls: bool) -> None:
+        lsock.listen(self.settings.backlog)
+        lsock.is_tls = tls
+        lsock.name = name
+        self.listeners.append(lsock)
+        self.node.listeners.append(name)
+        self.node.listener_fds[name] = lsock.fileno()
+        log.info("listening on %s%s", name, " (TLS)" if tls else "")
+
+    def addresses(self, tls: bool = False) -> list[str]:
+        """Every bound address as ``host:port`` (``[v6]:port``, ``unix:PATH``);
+        with ``tls``, only those that speak TLS."""
+        out = []
+        for lsock in self.listeners:
+            if tls and not lsock.is_tls:
+                continue
+            kind, _, rest = lsock.name.partition(":")
+            host, _, port = rest.rpartition(":")
+            out.append(lsock.name if kind == "unix" else
+                       f"[{host}]:{port}" if ":" in host else rest)
+        return out
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if not self.listeners:
-            await self.bind()
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            self._accept_scope = trio.CancelScope()
-            self._accepting_done = trio.Event()
-            nursery.start_soon(self._accepting)
-            nursery.start_soon(self._io_loop)
-            nursery.start_soon(self._housekeeping)
-            nursery.start_soon(self._signals)
-            task_status.started(self.bound)
-            while not self.node.shutdown_requested:
-                await trio.sleep(0.05)
-            await self._shutdown()
-            nursery.cancel_scope.cancel()
+        # Handlers go in before the sockets listen: a client may connect (the
+        # kernel accepts into the backlog) and signal at once, and a signal
+        # must never find the default action (SIGHUP would kill the node).
+        # Signals reach only the main thread; a node run in another leaves them alone.
+        with contextlib.ExitStack() as stack:
+            sigs = None
+            if threading.current_thread() is threading.main_thread():
+                hup = getattr(signal, "SIGHUP", None)      # not on Windows
+                sigs = stack.enter_context(trio.open_signal_receiver(
+                    *[s for s in (signal.SIGTERM, signal.SIGINT, hup) if s is not None]))
+            if not self.listeners:
+                await self.bind()
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self._accept_scope = trio.CancelScope()
+                self._accepting_done = trio.Event()
+                nursery.start_soon(self._accepting)
+                nursery.start_soon(self._stream_watchers if self.portable else self._io_loop)
+                nursery.start_soon(self._housekeeping)
+                if self.node.cluster is not None:
+                    nursery.start_soon(self._watch_cluster)
+                if sigs is not None:
+                    nursery.start_soon(self._signals, sigs)
+                task_status.started(self.bound)
+                while not self.node.shutdown_requested:
+                    await trio.sleep(0.05)
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-            async for signum in sigs:
-                if signum == signal.SIGHUP:
-                    self._reload()
-                else:
-                    log.info("signal %d: shutting down", signum)
-                    self.node.request_shutdown()
+    async def _signals(self, sigs) -> None:
+        async for signum in sigs:
+            if signum == getattr(signal, "SIGHUP", None):
+                self._reload()
+            else:
+                log.info("signal %d: shutting down", signum)
+                self.node.request_shutdown()
 
     def _reload(self) -> None:
         auth = self.node.auth
@@ -180,14 +283,22 @@ class Server:
         for lsock in self.listeners:
             lsock.close()
         deadline = time.monotonic() + SHUTDOWN_DRAIN
-        while any(c.queue for c in self.conns.values()) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+                any(c.queue for c in self.conns.values())
+                or any(s.sending.locked() for s in self.streams.values())):
             for conn in list(self.conns.values()):
                 if conn.queue:
                     self._drain(conn)
             await trio.sleep(0.01)
         for conn in list(self.conns.values()):
             self._close(conn)
-        self.ep.close()
+        if self.ep is not None:
+            self.ep.close()
+        if self.settings.unix_socket:
+            try:
+                os.unlink(self.settings.unix_socket)
+            except OSError:
+                pass
         if hasattr(self.node, "on_shutdown"):
             self.node.on_shutdown()
 
@@ -195,7 +306,8 @@ class Server:
 
     async def _accept_loop(self, lsock) -> None:
         node = self.node
-        listen_addr = "tcp:%s:%d" % lsock.getsockname()[:2]
+        listen_addr = lsock.name
+        unix = listen_addr.startswith("unix:")
         while True:
             try:
                 tsock, addr = await lsock.accept()
@@ -217,15 +329,16 @@ class Server:
                     pass
                 sock.close()
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             node.curr_connections += 1
             node.total_connections += 1
-            peer = "tcp:%s:%d" % addr[:2] if isinstance(addr, tuple) else str(addr)
+            peer = listen_addr if unix else "tcp:%s:%d" % addr[:2]
             info = ConnInfo(sock.fileno(), peer, listen_addr)
             node.conns[info.fd] = info
             log.debug("<%d new client connection from %s", info.fd, peer)
-            if lsock.is_tls:
-                self.nursery.start_soon(self._serve_tls, sock, info)
+            if lsock.is_tls or self.portable:
+                self.nursery.start_soon(self._serve_stream, sock, info, lsock.is_tls)
             else:
                 sock.setblocking(False)
                 conn = Conn(sock, info, PREAUTH_INPUT if node.auth is not None else RECV_SIZE)
@@ -291,8 +404,7 @@ class Server:
                     log.debug("<%d %r", fd, data[:120])
                 try:
                     if proto is None:
-                        proto = conn.proto = conn.info.proto = protocol_for(node, data[0])
-                        proto.fd = fd
+                        proto = conn.proto = conn.info.proto = self._protocol(data[0], fd)
                     chunks = proto.receive(data)
                 except Exception:
                     log.exception("connection %d: protocol failure; closing it", fd)
@@ -352,14 +464,39 @@ class Server:
             node.bytes_read += nread
             node.bytes_written += nwritten
             if store.watch is not None:
-                for wfd, lines in watch.take():
-                    wconn = conns.get(wfd)
-                    if wconn is not None and not wconn.queue:
-                        self._queue(wconn, [lines])
-                        self._drain(wconn)
-                    elif wconn is not None:
-                        watch.skipped += lines.count(b"\n")
+                self._deliver_watch()
             await checkpoint()
+
+    def _protocol(self, first_byte: int, fd: int):
+        """A new connection's protocol: by its first byte, unless -B fixes it."""
+        binding = self.settings.protocol
+        if binding != "auto":
+            first_byte = BINARY_REQUEST_MAGIC if binding == "binary" else 0
+        proto = protocol_for(self.node, first_byte)
+        proto.fd = fd
+        return proto
+
+    def _deliver_watch(self) -> None:
+        """Hand `watch` lines to the watching connections; one that is still
+        busy sending loses them (counted), as memcached's watchers do."""
+        watch = self.node.watch
+        for wfd, lines in watch.take():
+            wconn = self.conns.get(wfd)
+            stream = self.streams.get(wfd)
+            if wconn is not None and not wconn.queue:
+                self._queue(wconn, [lines])
+                self._drain(wconn)
+            elif stream is not None and not stream.sending.locked():
+                self.nursery.start_soon(stream.send_watch, lines, self.node)
+            elif wconn is not None or stream is not None:
+                watch.skipped += lines.count(b"\n")
+
+    async def _stream_watchers(self) -> None:
+        """The portable path's stand-in for the epoll loop's watch flush."""
+        while True:
+            await trio.sleep(0.01)
+            if self.node.store.watch is not None:
+                self._deliver_watch()
 
     def _want(self, conn: Conn, mask: int) -> None:
         if conn.mask != mask:
@@ -450,27 +587,29 @@ class Server:
             queued += conn.queued
         return held, queued
 
-    # -- TLS connections: a trio task each (TLS is not the hot path) ---------------------
+    # -- a trio task per connection: TLS, and every plain one on the portable path ----------
 
-    async def _serve_tls(self, sock: socket.socket, info: ConnInfo) -> None:
-        stream = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
-                                self.ssl_context, server_side=True)
-        scope = trio.CancelScope()
-        self.tls_tasks[info.fd] = (info, scope)   # the idle timeout cancels it
+    async def _serve_stream(self, sock: socket.socket, info: ConnInfo, tls: bool) -> None:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        if tls:
+            stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
+        conn = StreamConn(stream, info)
+        self.streams[info.fd] = conn
         try:
-            with scope:
-                with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
-                    await stream.do_handshake()
-                await self._tls_session(stream, info)
+            with conn.scope:
+                if tls:
+                    with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                        await stream.do_handshake()
+                await self._session(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
                 trio.TooSlowError) as exc:
-            log.debug("<%d TLS connection ended: %r", info.fd, exc)
+            log.debug("<%d connection ended: %r", info.fd, exc)
         except Exception:
-            log.exception("TLS connection %d: protocol failure; closing it", info.fd)
+            log.exception("connection %d: protocol failure; closing it", info.fd)
         finally:
-            self.tls_tasks.pop(info.fd, None)
-            self._forget(info)
+            self.streams.pop(info.fd, None)
             self.node.watch.remove(info.fd)
+            self._forget(info)
             with trio.move_on_after(1) as closing:
                 closing.shield = True
                 try:
@@ -478,11 +617,13 @@ class Server:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
 
-    async def _tls_session(self, stream: trio.SSLStream, info: ConnInfo) -> None:
+    async def _session(self, conn: StreamConn) -> None:
         """The epoll loop's cycle, awaiting on the stream: read, parse, send
         everything, resume a paused protocol only once its replies are sent
         (so the same output bound holds), read again."""
         node = self.node
+        info = conn.info
+        stream = conn.stream
         watch = node.watch
         proto = None
         while True:
@@ -494,18 +635,16 @@ class Server:
                 return
             node.bytes_read += len(data)
             if proto is None:
-                proto = info.proto = protocol_for(node, data[0])
-                proto.fd = info.fd
-            seen = proto.commands
+                proto = info.proto = self._protocol(data[0], info.fd)
             watch.current_fd = info.fd
+            seen = proto.commands
             chunks = proto.receive(data)
             if proto.commands != seen:
                 info.last_cmd = time.monotonic()
             while True:
                 info.sending = True
                 for chunk in coalesce(chunks):
-                    await stream.send_all(chunk)
-                    node.bytes_written += len(chunk)
+                    await conn.send(chunk, node)
                 info.sending = False
                 if proto.closed or not proto.blocked:
                     break
@@ -516,10 +655,20 @@ class Server:
 
     # -- housekeeping -------------------------------------------------------------------
 
+    async def _watch_cluster(self) -> None:
+        """Membership polling in a worker thread: file reads and DNS lookups
+        block, and a slow resolver must not hold up a single client."""
+        cluster = self.node.cluster
+        while True:
+            try:
+                await _in_thread(cluster.poll)
+            except Exception:
+                log.exception("cluster membership poll failed")
+            await trio.sleep(CLUSTER_POLL_SECONDS)
+
     async def _housekeeping(self) -> None:
-        """Once a tick: reclaim expired items, end idle connections, refresh membership."""
+        """Once a tick: reclaim expired items, end idle connections."""
         store = self.node.store
-        ticks = 0
         while True:
             await trio.sleep(TICK)
             if self.node.crawler_enabled:
@@ -532,16 +681,9 @@ class Server:
                     if conn.info.last_cmd < cutoff:
                         log.info("<%d idle timeout", conn.fd)
                         self._close(conn)
-                for info, scope in list(self.tls_tasks.values()):
-                    if info.last_cmd < cutoff:
-                        log.info("<%d idle timeout (TLS)", info.fd)
-                        scope.cancel()
-            ticks += 1
-            cluster = self.node.cluster
-            if cluster is not None and ticks % CLUSTER_REFRESH_TICKS == 0:
-                try:
-                    cluster.refresh()
-                except Exception:
-                    log.exception("cluster membership refresh failed")
+                for sconn in list(self.streams.values()):
+                    if sconn.info.last_cmd < cutoff:
+                        log.info("<%d idle timeout", sconn.info.fd)
+                        sconn.scope.cancel()
             for hook in getattr(self.node, "tick_hooks", ()):
                 hook()

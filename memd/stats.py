@@ -8,8 +8,13 @@ are reported as 0 so that dashboards and exporters find every field.
 
 from __future__ import annotations
 
-import resource
+import os
 import time
+
+try:
+    import resource
+except ImportError:            # Windows: os.times() has the same two figures
+    resource = None
 
 from .node import Node
 
@@ -20,6 +25,9 @@ def render(pairs) -> bytes:
 
 
 def _rusage() -> tuple[str, str]:
+    if resource is None:
+        t = os.times()
+        return f"{t.user:.6f}", f"{t.system:.6f}"
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return f"{ru.ru_utime:.6f}", f"{ru.ru_stime:.6f}"
 
@@ -94,20 +102,21 @@ def settings(node: Node) -> list:
         ("maxbytes", s.slabs.mem_limit), ("maxconns", st.conn_limit), ("tcpport", st.port),
         ("udpport", 0), ("inter", ",".join(st.listen) or "NULL"), ("verbosity", st.verbosity),
         ("oldest", s.oldest_live), ("evictions", "on" if s.settings.evictions else "off"),
-        ("domain_socket", "NULL"), ("umask", 700),
+        ("domain_socket", st.unix_socket or "NULL"), ("umask", f"{st.unix_mask:o}"),
         ("shutdown_command", "yes" if st.enable_shutdown else "no"),
         ("growth_factor", f"{st.factor:.2f}"), ("chunk_size", st.slab_min_size),
         ("num_threads", st.threads), ("num_threads_per_udp", st.threads),
-        ("stat_key_prefix", node.prefixes.delimiter.decode("latin-1")),
+        ("stat_key_prefix", st.detail_delimiter),
         ("detail_enabled", "yes" if s.detail is not None else "no"), ("reqs_per_event", 20),
-        ("cas_enabled", "yes"), ("tcp_backlog", 1024), ("binding_protocol", "auto-negotiate"),
+        ("cas_enabled", "yes"), ("tcp_backlog", st.backlog),
+        ("binding_protocol", {"auto": "auto-negotiate"}.get(st.protocol, st.protocol)),
         ("auth_enabled_sasl", "yes" if node.auth is not None else "no"),
         ("auth_enabled_ascii", "yes" if node.auth is not None else "no"),
         ("item_size_max", st.max_item_size), ("maxconns_fast", "yes"),
         ("hashpower_init", 0), ("slab_reassign", "yes"),
         ("slab_automove", s.rebalancer.automove if s.rebalancer else 0), ("slab_automove_ratio", "0.80"),
         ("slab_automove_window", 30), ("slab_chunk_max", s.slabs.sizes[-1]),
-        ("lru_crawler", "yes"), ("lru_crawler_sleep", 100), ("lru_crawler_tocrawl", 0),
+        ("lru_crawler", "yes" if node.crawler_enabled else "no"), ("lru_crawler_sleep", 100), ("lru_crawler_tocrawl", 0),
         ("tail_repair_time", 0), ("flush_enabled", "yes" if st.flush_enabled else "no"),
         ("dump_enabled", "yes"), ("hash_algorithm", "xxh3"),
         ("lru_maintainer_thread", "no"), ("lru_segmented", "no"),
@@ -123,12 +132,10 @@ def settings(node: Node) -> list:
         ("slab_automove_freeratio", "0.010"), ("ext_drop_unread", "no"),
         ("ssl_enabled", "yes" if st.tls else "no"),
         ("ssl_chain_cert", st.tls_cert or "(null)"), ("ssl_key", st.tls_key or "(null)"),
-        # memd asks for a client certificate exactly when given a CA bundle:
-        # memcached's ssl_verify_mode 2 (SSL_VERIFY_PEER | FAIL_IF_NO_PEER_CERT)
-        ("ssl_verify_mode", 2 if st.tls_ca else 0), ("ssl_keyformat", 1),
-        ("ssl_ciphers", "NULL"), ("ssl_ca_cert", st.tls_ca or "NULL"),
+        ("ssl_verify_mode", st.tls_verify_mode), ("ssl_keyformat", 1),
+        ("ssl_ciphers", st.tls_ciphers or "NULL"), ("ssl_ca_cert", st.tls_ca or "NULL"),
         ("ssl_wbuf_size", 16384), ("ssl_session_cache", "no"), ("ssl_kernel_tls", "no"),
-        ("ssl_min_version", "tlsv1.2"),
+        ("ssl_min_version", f"tlsv1.{st.tls_min_version}"),
         ("num_napi_ids", "(null)"), ("memory_file", "(null)"),
     ]
 

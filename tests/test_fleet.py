@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from memd.cluster.client import ClusterClient
+from memd.cluster.config import parse_cluster_file
 from memd.cluster.discovery import fetch_cluster_config
 from tools.fleet import (
     LocalFleet,
     _parse_compose_minimal,
+    compose_published_ports,
     config_get_cluster,
     free_port,
     load_compose,
@@ -48,23 +50,46 @@ def test_docker_compose_config_validates():
     assert "memd1" in out.stdout and "memd3" in out.stdout
 
 
-def test_compose_defines_three_nodes_that_each_advertise_the_whole_fleet():
+def test_compose_builds_one_image_for_three_nodes_that_each_advertise_the_whole_fleet():
     yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
     doc = yaml.safe_load(COMPOSE.read_text())
-    services = doc["services"]
+    services = {n: s for n, s in doc["services"].items() if not s.get("profiles")}
     assert sorted(services) == ["memd1", "memd2", "memd3"]
+    # One build; the other services reuse its image.
+    assert [n for n, s in services.items() if "build" in s] == ["memd1"]
+    assert {s["image"] for s in services.values()} == {"memd:latest"}
+    cluster_files = set()
     host_ports = set()
-    for svc in services.values():
+    for name, svc in services.items():
         assert svc["mem_limit"]
         cmd = svc["command"]
-        nodes = cmd[cmd.index("--cluster-nodes") + 1].split(",")
-        assert sorted(nodes) == ["memd1:11211", "memd2:11211", "memd3:11211"]
         assert "-m" in cmd
+        path = cmd[cmd.index("--cluster-file") + 1]
+        (mount,) = [v for v in svc["volumes"] if v.split(":")[1] == path]
+        cluster_files.add(mount.split(":")[0])
+        snapshot = cmd[cmd.index("--snapshot") + 1]
+        assert any(v.startswith(f"{name}-data:") and snapshot.startswith(v.split(":")[1])
+                   for v in svc["volumes"]), "the snapshot must live on the node's own volume"
         (mapping,) = svc["ports"]
-        host_port, container_port = mapping.split(":")
+        host_port, container_port = mapping.rsplit(":", 1)
         assert container_port == "11211"
+        assert host_port.startswith(f"${{{name.upper()}_PORT:-")   # overridable (the container test does)
         host_ports.add(host_port)
     assert len(host_ports) == 3
+    (cluster_file,) = cluster_files
+    nodes, _version = parse_cluster_file((ROOT / cluster_file).read_text())
+    assert [n.name for n in nodes] == ["memd1:11211", "memd2:11211", "memd3:11211"]
+    twemproxy = doc["services"]["twemproxy"]
+    assert twemproxy["profiles"] == ["twemproxy"]
+
+
+def test_rolling_restart_finds_the_published_ports_of_our_compose_file(monkeypatch):
+    pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
+    for var in ("MEMD1_PORT", "MEMD3_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MEMD2_PORT", "17999")
+    # ${MEMDn_PORT:-default} as compose expands it; the twemproxy profile is not a node.
+    assert compose_published_ports(COMPOSE) == {"memd1": 11211, "memd2": 17999, "memd3": 11213}
 
 
 def test_minimal_compose_parser_agrees_with_pyyaml():
@@ -73,33 +98,36 @@ def test_minimal_compose_parser_agrees_with_pyyaml():
 
 
 def test_launcher_replaces_docker_only_flags():
-    args = ["-m", "128", "-l", "0.0.0.0", "-p", "11211", "--cluster-nodes", "a,b", "--cluster-file=x", "-v"]
+    args = ["-m", "128", "-l", "0.0.0.0", "-p", "11211", "--cluster-nodes", "a,b", "--cluster-file=x",
+            "--snapshot", "/home/memd/data/s", "-v"]
     assert strip_own_flags(args) == ["-m", "128", "-v"]
 
 
 def test_dockerfile_runs_memd_as_non_root_with_a_protocol_healthcheck():
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)
-    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert re.search(r"^USER (?!root|0\b)\w+", text, re.M)
     assert re.search(r"^EXPOSE 11211$", text, re.M)
-    assert re.search(r"^RUN pip install \.", text, re.M)
+    # The source is installed from a copy removed in the same step.
+    assert re.search(r"^RUN pip install (\S+) && rm -rf \1$", text, re.M)
+    assert "WORKDIR /src" not in text
+    assert "--create-home --home-dir /home/memd" in text
     assert 'ENTRYPOINT ["memd", "-l", "0.0.0.0"]' in text
-    assert "HEALTHCHECK" in text and "version" in text
+    assert 'CMD ["python", "-m", "tools.probe", "127.0.0.1:11211"]' in text
 
 
-def _healthcheck_code():
-    line = next(l for l in DOCKERFILE.read_text().splitlines() if l.strip().startswith("CMD [\"python\""))
-    return json.loads(line.strip()[len("CMD "):])[2]
-
-
-def test_dockerfile_healthcheck_passes_on_a_live_node_and_fails_on_a_dead_one():
+def test_health_probe_passes_on_a_live_node_and_fails_on_a_dead_one():
     if not (memd_available() or memcached_available()):
         pytest.skip("no node to check: neither memd nor memcached is installed")
+    probe = [sys.executable, "-m", "tools.probe"]
     with LocalFleet(n=1, first_host=40) as fleet:
-        code = _healthcheck_code().replace("('127.0.0.1',11211)", f"('127.0.0.40',{fleet.port})")
-        assert subprocess.run([sys.executable, "-c", code], timeout=10).returncode == 0
+        target = f"127.0.0.40:{fleet.port}"
+        assert subprocess.run(probe + [target], cwd=ROOT, timeout=10).returncode == 0
+        # memd nodes of a LocalFleet announce the fleet; memcached has no config get cluster.
+        with_cluster = subprocess.run(probe + ["--cluster", target], cwd=ROOT, timeout=10).returncode
+        assert with_cluster == (0 if fleet.backend == "memd" else 1)
         fleet.kill(0)
-        assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=10).returncode != 0
+        assert subprocess.run(probe + [target], cwd=ROOT, capture_output=True, timeout=10).returncode != 0
 
 
 # --------------------------------------------------------------------------- tools/fleet.py CLI

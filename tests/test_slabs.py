@@ -8,6 +8,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from memd.cache.records import RECORD
 from memd.cache.slabs import (CHUNK_ALIGN, MAX_CLASSES, MEMCACHED_ITEM_HEADER, PAGE_SIZE,
                               SlabAllocator, class_sizes)
 
@@ -90,7 +91,7 @@ def test_accounting_charges_pages_and_per_chunk_metadata():
     extra = a.register(array("Q"))
     cls = a.classes[3]
     a.alloc(3)
-    assert a.bytes_per_id == 4 + 4 + 1 + 8
+    assert a.bytes_per_id == RECORD + 8       # the item record and the extra array
     assert a.accounted == PAGE_SIZE + cls.per_page * a.bytes_per_id
     assert len(extra) == a.n_ids == cls.per_page
 
@@ -163,8 +164,8 @@ def test_alloc_release_model(ops, limit_pages):
         where.add((page, off))
         if len(cls.pages) > pages_before and pages_before > 0:
             assert a.accounted <= limit          # a second page must fit
-        # every per-id array covers every id
-        assert len(meta) == len(a.id_page) == a.n_ids
+        # every per-id array covers every id, the records have room for them
+        assert len(meta) == a.n_ids <= a.records.capacity
     # global bound: pages + metadata within -m, but for first pages
     first_pages = sum(page_cost(a, c) for c in a.classes[1:] if c.pages)
     assert a.accounted <= max(limit, 0) + first_pages

@@ -1,75 +1,35 @@
 """TLS: pymemcache over TLS, mutual TLS, and failed handshakes hurting no one else.
 
-Certificates are made inside the test (``cryptography``) into tmp_path: a
-CA, a server certificate for 127.0.0.1 signed by it, a client certificate
-signed by it, and a client certificate signed by another CA.
+Certificates come from the openssl recipe of docs/security.md, run as written
+(tests/pki.py): a CA, a server certificate for localhost and 127.0.0.1, a
+client certificate; running it again in another directory gives a client
+certificate signed by another CA.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import ssl
 import time
 
 import pytest
+from pymemcache.client.base import Client
 
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from pymemcache.client.base import Client  # noqa: E402
-
-import servers  # noqa: E402
-from memd.tls import server_context  # noqa: E402
-
-
-def _name(cn):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(subject, key, issuer, issuer_key, *, ca=False, server=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _write(path, cert, key=None):
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is not None:
-        kp = path.with_suffix(".key")
-        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
-        return str(path), str(kp)
-    return str(path)
+import servers
+from memd.tls import server_context
+from pki import make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("memd test CA", ca_key, "memd test CA", ca_key, ca=True)
-    other_key = ec.generate_private_key(ec.SECP256R1())
-    other = _cert("other CA", other_key, "other CA", other_key, ca=True)
-    srv_key = ec.generate_private_key(ec.SECP256R1())
-    cli_key = ec.generate_private_key(ec.SECP256R1())
-    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    ours = make_pki(d / "ours")
+    other = make_pki(d / "other")
     return {
-        "ca": _write(d / "ca.pem", ca),
-        "server": _write(d / "server.pem", _cert("127.0.0.1", srv_key, "memd test CA", ca_key,
-                                                 server=True), srv_key),
-        "client": _write(d / "client.pem", _cert("client", cli_key, "memd test CA", ca_key), cli_key),
-        "rogue": _write(d / "rogue.pem", _cert("rogue", rogue_key, "other CA", other_key), rogue_key),
+        "ca": ours["ca.pem"],
+        "server": (ours["server.pem"], ours["server.key"]),
+        "client": (ours["client.pem"], ours["client.key"]),
+        "rogue": (other["client.pem"], other["client.key"]),
     }
 
 
@@ -215,3 +175,75 @@ def test_an_idle_tls_connection_is_closed_by_the_idle_timeout(pki, memd_server_f
         assert time.monotonic() - started < 4
     finally:
         conn.close()
+
+
+def _version_over_tls(address, ctx) -> bytes:
+    with socket.create_connection(address, timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="127.0.0.1") as t:
+            t.sendall(b"version\r\n")
+            return t.recv(100)
+
+
+@pytest.mark.parametrize("mode, client_needs_a_certificate",
+                         [(None, False), ("0", False), ("1", False), ("2", True), ("3", True)])
+def test_memcached_ssl_options_take_effect_with_Z(pki, mode, client_needs_a_certificate):
+    """-Z -o ssl_chain_cert,ssl_key,ssl_ca_cert[,ssl_verify_mode]: memcached's spelling;
+    ssl_ca_cert alone does not ask for a client certificate (mode 0, as memcached)."""
+    import memd
+    cert, key = pki["server"]
+    opts = f"ssl_chain_cert={cert},ssl_key={key},ssl_ca_cert={pki['ca']}"
+    if mode is not None:
+        opts += f",ssl_verify_mode={mode}"
+    with memd.serve("-Z", "-o", opts) as node:
+        assert _version_over_tls(node.address, client_context(pki, "client")).startswith(b"VERSION")
+        if client_needs_a_certificate:
+            # TLS 1.3 reports the refusal on the first read: an error or a closed stream
+            try:
+                reply = _version_over_tls(node.address, client_context(pki))
+            except (ssl.SSLError, OSError):
+                reply = b""
+            assert reply == b""
+        else:
+            assert _version_over_tls(node.address, client_context(pki)).startswith(b"VERSION")
+
+
+def test_ssl_min_version_3_refuses_tls_1_2(pki):
+    import memd
+    cert, key = pki["server"]
+    with memd.serve("-Z", "-o", f"ssl_chain_cert={cert},ssl_key={key},ssl_min_version=3") as node:
+        old = client_context(pki)
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, OSError)):
+            _version_over_tls(node.address, old)
+        assert _version_over_tls(node.address, client_context(pki)).startswith(b"VERSION")
+
+
+def test_stats_settings_reports_the_tls_settings(pki):
+    import memd
+    import wire
+    cert, key = pki["server"]
+    opts = f"ssl_chain_cert={cert},ssl_key={key},ssl_ca_cert={pki['ca']},ssl_verify_mode=1"
+    with memd.serve("-Z", "-o", opts + ",ssl_min_version=3,ssl_ciphers=HIGH") as node:
+        with socket.create_connection(node.address, timeout=5) as s:
+            with client_context(pki, "client").wrap_socket(s, server_hostname="127.0.0.1") as t:
+                t.sendall(b"stats settings\r\n")
+                reply = b""
+                while not reply.endswith(b"END\r\n"):
+                    reply += t.recv(65536)
+    for line in ("ssl_enabled yes", f"ssl_chain_cert {cert}", f"ssl_key {key}",
+                 f"ssl_ca_cert {pki['ca']}", "ssl_verify_mode 1", "ssl_min_version tlsv1.3",
+                 "ssl_ciphers HIGH"):
+        assert f"STAT {line}\r\n".encode() in reply, line
+
+
+def test_a_notls_listener_speaks_plain_text_beside_tls(pki):
+    import memd
+    import wire
+    cert, key = pki["server"]
+    port = servers.free_port()
+    with memd.serve("-l", f"notls:127.0.0.1:{port},127.0.0.1", tls=(cert, key)) as node:
+        plain, secure = node.addresses
+        assert plain == f"127.0.0.1:{port}"
+        assert wire.exchange(("127.0.0.1", port), b"version\r\n").data.startswith(b"VERSION")
+        host, p = secure.rsplit(":", 1)
+        assert _version_over_tls((host, int(p)), client_context(pki)).startswith(b"VERSION")

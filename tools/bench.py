@@ -311,6 +311,7 @@ def describe(cfg: BenchConfig) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="memd-bench",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Load generator for memcached-protocol servers (memd, memcached).")
     ap.add_argument("--server", action="append", metavar="HOST:PORT",
                     help="target; give twice to compare two servers (default 127.0.0.1:11211)")

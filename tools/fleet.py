@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -40,10 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+# the compose file of the current directory, else of the checkout tools/ lives in
+# (an installed memd has no checkout: then --compose must name one)
+DEFAULT_COMPOSE = next((p for p in (Path("docker-compose.yml"),
+                                    Path(__file__).resolve().parent.parent / "docker-compose.yml")
+                        if p.is_file()), Path("docker-compose.yml"))
 DEFAULT_STATE = Path(".fleet") / "state.json"
 # Flags the launcher owns: compose's values make sense only inside Docker.
-_OWN_FLAGS = {"-l", "--listen", "-p", "--port", "--cluster-nodes", "--cluster-file", "-u", "--user"}
+_OWN_FLAGS = {"-l", "--listen", "-p", "--port", "--cluster-nodes", "--cluster-file", "--cluster-dns",
+              "-u", "--user", "--snapshot"}
 
 
 # --------------------------------------------------------------------------- backends
@@ -212,6 +218,7 @@ class LocalFleet:
         hosts = [self._host(i) for i in range(n + 4)]  # room for add_node()
         self.port = port or free_port(hosts)
         self.nodes = [Node(f"memd{i + 1}", self._host(i), self.port, list(self._extra)) for i in range(n)]
+        self.membership_version = 0
 
     def _host(self, i: int) -> str:
         octet = self._first_host + i
@@ -306,9 +313,13 @@ class LocalFleet:
     def _write_cluster_file(self, nodes: list[Node]) -> None:
         # Write then rename: a node re-reading mid-write must never see half
         # a file.
+        # The version line rises by one per change, as ElastiCache's does:
+        # some clients (elasticache-pyclient) ignore a config whose version
+        # is not higher than the last one they saw.
+        self.membership_version += 1
         tmp = self.cluster_file + ".tmp"
         with open(tmp, "w") as f:
-            f.write("# written by tools/fleet.py\n")
+            f.write(f"# written by tools/fleet.py\nversion {self.membership_version}\n")
             f.writelines(f"{n.address}\n" for n in nodes)
         os.replace(tmp, self.cluster_file)
 
@@ -395,7 +406,8 @@ def _restart_pid(entry: dict, timeout: float, startup: float) -> dict:
 
 
 def load_compose(path: Path) -> dict[str, list[str]]:
-    """Service name -> its ``command`` list, for the memd services."""
+    """Service name -> its ``command`` list, for the memd services (not the
+    optional ones behind a compose profile, such as twemproxy)."""
     text = Path(path).read_text()
     try:
         import yaml
@@ -405,6 +417,8 @@ def load_compose(path: Path) -> dict[str, list[str]]:
         doc = yaml.safe_load(text) or {}
         services = {}
         for name, svc in (doc.get("services") or {}).items():
+            if (svc or {}).get("profiles"):
+                continue
             cmd = (svc or {}).get("command") or []
             services[name] = cmd.split() if isinstance(cmd, str) else [str(a) for a in cmd]
     return services
@@ -426,6 +440,9 @@ def _parse_compose_minimal(text: str) -> dict[str, list[str]]:
         elif in_services and indent == 2 and line.endswith(":"):
             current = line.strip()[:-1]
             services[current] = []
+        elif in_services and current and line.strip().startswith("profiles:"):
+            del services[current]
+            current = None
         elif in_services and current and line.strip().startswith("command:"):
             value = line.split(":", 1)[1].strip()
             services[current] = json.loads(value) if value.startswith("[") else value.split()
@@ -439,13 +456,23 @@ def compose_published_ports(path: Path) -> dict[str, int]:
     doc = yaml.safe_load(Path(path).read_text()) or {}
     out = {}
     for name, svc in (doc.get("services") or {}).items():
+        if (svc or {}).get("profiles"):
+            continue  # optional services (twemproxy) are not memd nodes
         for entry in (svc or {}).get("ports") or []:
             # "HOST:CONTAINER" or "IP:HOST:CONTAINER"; the first one wins.
-            parts = str(entry).split("/")[0].split(":")
+            parts = _expand_env(str(entry)).split("/")[0].split(":")
             if len(parts) >= 2:
                 out[name] = int(parts[-2])
                 break
     return out
+
+
+def _expand_env(text: str) -> str:
+    """Compose's ``${VAR:-default}``, ``${VAR}`` and ``$VAR`` from the environment."""
+    def value(m: re.Match) -> str:
+        name, default = m.group(1) or m.group(3), m.group(2)
+        return os.environ.get(name) or (default or "")
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", value, text)
 
 
 def compose_rolling_restart(path: Path, engine: list[str], host: str = "127.0.0.1",
@@ -504,6 +531,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if state_path.exists():
         print(f"fleet already up ({state_path}); run `down` first", file=sys.stderr)
         return 1
+    if not Path(args.compose).is_file():
+        print(f"no compose file {args.compose}: run from a directory with docker-compose.yml "
+              "or pass --compose FILE", file=sys.stderr)
+        return 2
     services = load_compose(Path(args.compose))
     if not services:
         print(f"no services in {args.compose}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of memd's sans-IO protocols with atheris (libFuzzer).
 
     python tools/fuzz.py                      # text, meta and binary, 60 s in all
-    python tools/fuzz.py --seconds 600 --target binary --out fuzz-out
+    python tools/fuzz.py --seconds 600 --target binary --out /tmp/fuzz-out
 
 Each input is one connection's bytes, cut into reads at fuzzer-chosen points
 and fed to ``protocol_for(node, first_byte).feed`` the way the server does.
@@ -29,6 +29,7 @@ import random
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -252,7 +253,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=int, default=60, help="total fuzzing time (default 60)")
     p.add_argument("--target", choices=TARGETS + ("all",), default="all")
-    p.add_argument("--out", default="fuzz-out", help="directory for crashes and corpora")
+    p.add_argument("--out", help="directory for crashes and corpora (default: a new "
+                                 "temporary directory, printed at the start)")
     p.add_argument("--replay", metavar="FILE", help="run one saved input (with --target)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -260,6 +262,10 @@ def main(argv=None) -> None:
     if args.replay:
         replay(args.replay, "text" if args.target == "all" else args.target)
         return
+    if args.out is None:
+        # not the working directory: a run from the checkout must leave the tree clean
+        args.out = tempfile.mkdtemp(prefix="memd-fuzz-")
+        print(f"crashes and corpora go to {args.out}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     if args.worker:
         worker(args.target, args.seconds, args.out)

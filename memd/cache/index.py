@@ -3,8 +3,11 @@
 Why not a ``dict``: a dict from key bytes to item id costs a key object, an
 int object and a slot per item (~130 bytes; measured in DESIGN.md), more than
 half of what memcached spends on a whole small item.  Here a bucket is 4
-bytes and an item carries its 64-bit hash and a chain link (12 bytes), and
-the key bytes are the ones already in the slab chunk.
+bytes and an item carries the low 32 bits of its hash and a chain link (8
+bytes, in its record), and the key bytes are the ones already in the slab
+chunk.  The stored hash bits only filter: a match is always confirmed by
+comparing the key itself, so a crafted hash collision cannot read another
+key.  32 bits are enough to pick buckets in tables of up to 2^32 buckets.
 
 Why chaining, as memcached does: growth can move one bucket at a time.  When
 the table gets 1.5 items per bucket a table twice the size is allocated and
@@ -21,6 +24,7 @@ from .lru import NIL
 
 INITIAL_POWER = 16
 MIGRATE_PER_INSERT = 4
+HASH_BITS = 0xFFFFFFFF     # what an item keeps of its hash
 
 
 def _empty_buckets(power: int) -> array:
@@ -32,8 +36,10 @@ def _empty_buckets(power: int) -> array:
 
 
 class HashIndex:
-    def __init__(self, key_at, power: int = INITIAL_POWER) -> None:
-        # key_at(item, n) -> the first n bytes of the item's key in its chunk
+    def __init__(self, key_at, power: int = INITIAL_POWER,
+                 hashes=None, chain=None, klen=None) -> None:
+        # key_at(item, n) -> the first n bytes of the item's key in its chunk;
+        # hashes, chain, klen: per-item sequences (record fields), or arrays
         self.key_at = key_at
         self.power = power
         self.buckets = _empty_buckets(power)
@@ -42,9 +48,9 @@ class HashIndex:
         self.old_mask = 0
         self.migrated = 0                  # old buckets already moved
         self.count = 0
-        self.hash = array("Q")             # per item: its 64-bit key hash
-        self.chain = array("i")            # per item: next item in its bucket
-        self.klen = array("B")             # per item: key length
+        self.hash = array("I") if hashes is None else hashes   # per item: hash & HASH_BITS
+        self.chain = array("i") if chain is None else chain     # per item: next in its bucket
+        self.klen = array("B") if klen is None else klen        # per item: key length
 
     @property
     def expanding(self) -> bool:
@@ -59,6 +65,7 @@ class HashIndex:
         hashes = self.hash
         chain = self.chain
         n = len(key)
+        h &= HASH_BITS
         while item != NIL:
             if hashes[item] == h and self.klen[item] == n and self.key_at(item, n) == key:
                 return item
@@ -66,6 +73,7 @@ class HashIndex:
         return NIL
 
     def insert(self, item: int, h: int) -> None:
+        h &= HASH_BITS
         self.hash[item] = h
         old = self.old
         if old is not None and (h & self.old_mask) >= self.migrated:

@@ -1,7 +1,9 @@
 """Per-class LRU lists on typed arrays: O(1) link, unlink, bump and tail.
 
-Links are item ids in two ``array('i')`` (-1 ends a list), so a list of a
-million items is 8 MB of arrays and no Python objects.  Head is the most
+Links are item ids in two per-id sequences of signed 32-bit ints (-1 ends
+a list): the ``prev``/``next`` fields of the item records in the store, plain
+``array('i')`` when none are given.  A list of a million items is 8 MB and
+no Python objects.  Head is the most
 recently used item, tail the next to evict.
 """
 
@@ -14,9 +16,9 @@ NIL = -1
 
 
 class LRU:
-    def __init__(self, n_classes: int) -> None:
-        self.prev = array("i")
-        self.next = array("i")
+    def __init__(self, n_classes: int, prev=None, nxt=None) -> None:
+        self.prev = array("i") if prev is None else prev
+        self.next = array("i") if nxt is None else nxt
         self.head = [NIL] * (n_classes + 1)
         self.tail = [NIL] * (n_classes + 1)
         self.count = [0] * (n_classes + 1)

@@ -2,11 +2,14 @@
 
 Every item lives in one chunk of one slab page (a ``bytearray``).  An item is
 known by its *id*, a small integer; everything about an item other than its
-bytes lives in typed arrays indexed by that id (here its page and offset;
-the LRU, the index and the store register arrays of their own).  That keeps
-millions of items out of Python's object model: no per-item objects for the
-garbage collector to walk, a few dozen bytes of metadata per item, and a hard
-bound on memory.
+bytes lives in its 48-byte record (records.py), whose fields the store, the
+index and the LRU read as per-id views.  That keeps millions of items out of
+Python's object model: no per-item objects for the garbage collector to walk,
+48 bytes of metadata per item, and a hard bound on memory.
+
+Ids come in blocks, one block per page, so an item's chunk offset and class
+follow from its page (``offset_of``, ``class_of``) and are not stored per
+item.
 
 Memory accounting: ``-m`` bounds the pages *and* the metadata of the chunks
 they hold, so the limit is a limit on what the cache really uses.  As in
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
+
+from .records import RECORD, ItemRecords
 
 PAGE_SIZE = 1 << 20
 # memcached's item header is 48 bytes; its first class is header + -n.  Using
@@ -99,18 +104,25 @@ class SlabAllocator:
         self.pages: list[bytearray] = []
         self.page_class = array("B")
         self.page_first_id = array("I")
+        self.page_chunk = array("I")        # chunk size of each page's class
         self.page_block = array("I")        # ids reserved for each page
         self.spare_blocks: list[tuple[int, int]] = []   # (first id, count) of moved pages
         self.draining = -1                  # page being emptied for a move, or -1
-        # per-id location
-        self.id_page = array("I")
-        self.id_offset = array("I")
-        self.id_class = array("B")
-        self._id_arrays: list[array] = [self.id_page, self.id_offset, self.id_class]
+        self.records = ItemRecords(self._max_ids())
+        self.id_page = self.records.page
+        # read-only per-id views for callers that index them like the record fields
+        self.id_offset = _OffsetOf(self)
+        self.id_class = _ClassOf(self)
+        self._id_arrays: list[array] = []   # extra per-id arrays (register)
         self.n_ids = 0
         self.malloced = 0      # bytes of pages (memcached's total_malloced)
 
-    # -- registry of per-id arrays -------------------------------------------
+    def _max_ids(self) -> int:
+        """Ids the memory limit can ever need: the records it can pay for, plus
+        the first page of every class (which may exceed the limit)."""
+        return self.mem_limit // RECORD + sum(self.page_size // size for size in self.sizes)
+
+    # -- per-id metadata -------------------------------------------------------
 
     def register(self, arr: array) -> array:
         """Grow ``arr`` with the id space from now on; returns it."""
@@ -121,7 +133,15 @@ class SlabAllocator:
 
     @property
     def bytes_per_id(self) -> int:
-        return sum(a.itemsize for a in self._id_arrays)
+        return RECORD + sum(a.itemsize for a in self._id_arrays)
+
+    def offset_of(self, cid: int) -> int:
+        """Where chunk ``cid`` starts in its page."""
+        page = self.id_page[cid]
+        return (cid - self.page_first_id[page]) * self.page_chunk[page]
+
+    def class_of(self, cid: int) -> int:
+        return self.page_class[self.id_page[cid]]
 
     # -- classes ---------------------------------------------------------------
 
@@ -151,7 +171,7 @@ class SlabAllocator:
         return cid
 
     def release(self, cid: int) -> None:
-        cls = self.classes[self.id_class[cid]]
+        cls = self.classes[self.page_class[self.id_page[cid]]]
         cls.used -= 1
         # a chunk on a page being moved away must not be handed out again
         if self.id_page[cid] != self.draining:
@@ -181,9 +201,12 @@ class SlabAllocator:
         return n
 
     def can_grow(self, cls: SlabClass) -> bool:
+        new_ids = self._ids_to_add(cls)
+        if self.n_ids + new_ids > self.records.capacity:
+            return False        # only when the address space could not be reserved
         if not cls.pages:
             return True         # as memcached: every class may have its first page
-        cost = self.page_size + self._ids_to_add(cls) * self.bytes_per_id
+        cost = self.page_size + new_ids * self.bytes_per_id
         return self.accounted + cost <= self.mem_limit
 
     def can_receive(self, cls: SlabClass, src: SlabClass) -> bool:
@@ -193,7 +216,8 @@ class SlabAllocator:
         moving towards smaller ones may need more ids than the limit allows.
         """
         new_ids = self._ids_to_add(cls, freed_block=src.per_page)
-        return not new_ids or self.accounted + new_ids * self.bytes_per_id <= self.mem_limit
+        return not new_ids or (self.accounted + new_ids * self.bytes_per_id <= self.mem_limit
+                               and self.n_ids + new_ids <= self.records.capacity)
 
     def _grow(self, cls: SlabClass) -> bool:
         if not self.can_grow(cls):
@@ -202,6 +226,7 @@ class SlabAllocator:
         self.pages.append(bytearray(self.page_size))
         self.page_class.append(0)
         self.page_first_id.append(0)
+        self.page_chunk.append(0)
         self.page_block.append(0)
         self.malloced += self.page_size
         self.assign_page(cls, page_no)
@@ -227,13 +252,11 @@ class SlabAllocator:
         first, count = self._id_block(n)
         self.page_class[page_no] = cls.id
         self.page_first_id[page_no] = first
+        self.page_chunk[page_no] = cls.chunk_size
         self.page_block[page_no] = count
-        size = cls.chunk_size
-        id_page, id_offset, id_class = self.id_page, self.id_offset, self.id_class
-        for i in range(n):
-            id_page[first + i] = page_no
-            id_offset[first + i] = i * size
-            id_class[first + i] = cls.id
+        id_page = self.id_page
+        for i in range(first, first + n):
+            id_page[i] = page_no
         cls.pages.append(page_no)
         cls.end_next = first
         cls.end_left = n
@@ -257,7 +280,32 @@ class SlabAllocator:
         ids = self.page_ids(page_no)
         lo = ids.start
         cls.pages.remove(page_no)
-        for c in ids:
-            self.id_class[c] = 0
         self.page_class[page_no] = 0
         self.spare_blocks.append((lo, self.page_block[page_no]))
+
+
+
+class _ClassOf:
+    """``id_class[cid]``: the class of a chunk, from its page."""
+
+    __slots__ = ("id_page", "page_class")
+
+    def __init__(self, slabs: SlabAllocator) -> None:
+        self.id_page, self.page_class = slabs.id_page, slabs.page_class
+
+    def __getitem__(self, cid: int) -> int:
+        return self.page_class[self.id_page[cid]]
+
+
+class _OffsetOf:
+    """``id_offset[cid]``: where a chunk starts in its page."""
+
+    __slots__ = ("id_page", "page_first_id", "page_chunk")
+
+    def __init__(self, slabs: SlabAllocator) -> None:
+        self.id_page, self.page_first_id = slabs.id_page, slabs.page_first_id
+        self.page_chunk = slabs.page_chunk
+
+    def __getitem__(self, cid: int) -> int:
+        page = self.id_page[cid]
+        return (cid - self.page_first_id[page]) * self.page_chunk[page]

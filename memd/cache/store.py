@@ -12,8 +12,10 @@ Item layout in its chunk (chosen so a text ``get`` hit is one slice)::
 
 so ``chunk[:vstart + vlen + 2]`` is the complete reply for a hit.  The six
 bytes of "VALUE " cost nothing for most items (chunk sizes step by 25%) and
-save a list append and a join part per key of a multi-get.  Everything else about an item lives in typed arrays indexed by item
-id (see slabs.py).
+save a list append and a join part per key of a multi-get.  Everything else
+about an item lives in its 48-byte record, whose fields are per-id views
+(``self.cas[item]``; see records.py); its chunk offset and class follow from
+its page (slabs.py).
 
 Time follows memcached: whole seconds from the clock, expiry times stored
 as absolute Unix seconds (0 = never), ``flush_all`` recorded as an
@@ -29,9 +31,9 @@ import xxhash
 
 from ..numbers import strtoull
 from .clock import system_clock
-from .index import HashIndex
+from .index import HASH_BITS, HashIndex
 from .lru import LRU, NIL
-from .recent import MAX_REPLY, RecentReplies
+from .recent import MAX_REPLY, SAMPLE, RecentReplies
 from .slabs import SlabAllocator
 
 # results of store()
@@ -93,21 +95,19 @@ class ItemStore:
         self.id_page = slabs.id_page
         self.id_offset = slabs.id_offset
         self.id_class = slabs.id_class
-        self.lru = LRU(len(slabs.sizes))
-        self.index = HashIndex(self._key_at)
-        reg = slabs.register
-        reg(self.lru.prev)
-        reg(self.lru.next)
-        reg(self.index.hash)
-        reg(self.index.chain)
-        self.klen = reg(self.index.klen)
-        self.flags = reg(array("I"))
-        self.exptime = reg(array("I"))
-        self.atime = reg(array("I"))
-        self.cas = reg(array("Q"))
-        self.vstart = reg(array("H"))
-        self.vlen = reg(array("I"))
-        self.iflags = reg(array("B"))
+        self._page_first = slabs.page_first_id
+        self._page_chunk = slabs.page_chunk
+        rec = slabs.records
+        self.lru = LRU(len(slabs.sizes), rec.prev, rec.next)
+        self.index = HashIndex(self._key_at, hashes=rec.hash, chain=rec.chain, klen=rec.klen)
+        self.klen = rec.klen
+        self.flags = rec.flags
+        self.exptime = rec.exptime
+        self.atime = rec.atime
+        self.cas = rec.cas
+        self.vstart = rec.vstart
+        self.vlen = rec.vlen
+        self.iflags = rec.iflags
         # what describes an item, copied when it moves to another chunk
         self.item_arrays = (self.klen, self.flags, self.exptime, self.atime, self.cas,
                             self.vstart, self.vlen, self.iflags)
@@ -124,10 +124,9 @@ class ItemStore:
         self.class_get_hits = array("Q", bytes(8 * len(slabs.classes)))
         # the arrays the read path needs, fetched with one attribute load (they
         # only ever grow in place, so the tuple stays valid)
-        self._hot_arrays = (self.index.hash, self.index.chain, self.klen, self.pages,
-                            self.id_page, self.id_offset, self.vstart, self.vlen,
-                            self.exptime, self.atime, self.iflags, self.id_class,
-                            self.class_get_hits)
+        self._hot_arrays = (self.index.hash, self.klen, self.pages, self.id_page,
+                            slabs.page_first_id, slabs.page_chunk, slabs.page_class,
+                            self.vstart, self.vlen, self.exptime, self.atime, self.iflags)
         self.recent = RecentReplies(s.recent_bytes if s.recent_bytes >= 0 else s.mem_limit // 16)
         self._recent_flush_at = 0      # when a delayed flush_all takes effect
         self.reset_stats()
@@ -145,8 +144,10 @@ class ItemStore:
     # -- small helpers ---------------------------------------------------------
 
     def _key_at(self, item: int, n: int) -> bytes:
-        off = self.id_offset[item] + KEY_OFFSET
-        return self.pages[self.id_page[item]][off:off + n]
+        # slabs.offset_of inlined: this runs on every index match
+        pg = self.id_page[item]
+        off = (item - self._page_first[pg]) * self._page_chunk[pg] + KEY_OFFSET
+        return self.pages[pg][off:off + n]
 
     def abs_exptime(self, exptime: int, now: int) -> int:
         """memcached's realtime(): client exptime → absolute seconds (0 = never)."""
@@ -192,7 +193,7 @@ class ItemStore:
 
     def _unlink(self, item: int, key: bytes | None = None) -> None:
         self.invalidate(item, key)
-        cls_id = self.id_class[item]
+        cls_id = self.slabs.class_of(item)
         self.index.remove(item)
         self.lru.unlink(cls_id, item)
         total = self.vstart[item] + self.vlen[item] + 2
@@ -280,7 +281,7 @@ class ItemStore:
         self.iflags[item] |= FETCHED
         if now - self.atime[item] >= self.settings.bump_interval:
             self.atime[item] = now
-            self.lru.bump(self.id_class[item], item)
+            self.lru.bump(self.slabs.class_of(item), item)
 
     def _write(self, key: bytes, flags: int, exp: int, value, now: int, cas: int = 0) -> int:
         """Allocate and fill a new item (not yet linked); -1 if no memory."""
@@ -294,7 +295,7 @@ class ItemStore:
         if item < 0:
             return -1
         page = self.pages[self.id_page[item]]
-        off = self.id_offset[item]
+        off = self.slabs.offset_of(item)
         page[off:off + vstart] = b"VALUE " + key + suffix
         end = off + vstart + vlen
         page[off + vstart:end] = value
@@ -309,7 +310,7 @@ class ItemStore:
         return item
 
     def _link(self, item: int, key: bytes) -> None:
-        cls_id = self.id_class[item]
+        cls_id = self.slabs.class_of(item)
         self.index.insert(item, _hash(key))
         self.lru.link(cls_id, item)
         self.iflags[item] = LINKED
@@ -331,17 +332,17 @@ class ItemStore:
         return self._key_at(item, self.klen[item])
 
     def value_of(self, item: int) -> bytes:
-        off = self.id_offset[item] + self.vstart[item]
+        off = self.slabs.offset_of(item) + self.vstart[item]
         return bytes(self.pages[self.id_page[item]][off:off + self.vlen[item]])
 
     def value_view(self, item: int) -> memoryview:
         """The value without copying (valid until the item changes)."""
-        off = self.id_offset[item] + self.vstart[item]
+        off = self.slabs.offset_of(item) + self.vstart[item]
         return memoryview(self.pages[self.id_page[item]])[off:off + self.vlen[item]]
 
     def text_value(self, item: int) -> bytes:
         """``VALUE <key> <flags> <bytes>\\r\\n<value>\\r\\n``: a get hit's reply."""
-        off = self.id_offset[item]
+        off = self.slabs.offset_of(item)
         return self.pages[self.id_page[item]][off:off + self.vstart[item] + self.vlen[item] + 2]
 
     def ttl_of(self, item: int, now: int | None = None) -> int:
@@ -388,7 +389,7 @@ class ItemStore:
         if self._recent_flush_at and self._recent_flush_at <= now:
             recent.clear()               # a delayed flush_all took effect
             self._recent_flush_at = 0
-        remember = not (with_cas or self.watch or self.detail)
+        remember = recent.budget > 0 and not (with_cas or self.watch or self.detail)
         recent_get = recent.replies.get if remember else _NO_REPLIES.get
         class_hits = self.class_get_hits
         append = out.append
@@ -414,42 +415,45 @@ class ItemStore:
                 # set up the full lookup only once a key needs it: a read
                 # answered from recent replies alone skips this
                 full_path = True
-                admit = recent.admit
+                add = recent.add
+                sampling, skipped = recent.sampling, recent.skipped
                 index = self.index
                 old = index.old
                 buckets, mask = index.buckets, index.mask
                 old_mask, migrated = index.old_mask, index.migrated
-                (hashes, chain, klen, pages, id_page, id_offset, vstart, vlen, exptime, atime,
-                 iflags, id_class, _) = self._hot_arrays
+                (hashes, klen, pages, id_page, page_first, page_chunk, page_class,
+                 vstart, vlen, exptime, atime, iflags) = self._hot_arrays
+                chain = index.chain
                 oldest_live = self.oldest_live
                 if oldest_live > now:
                     oldest_live = 0
                 bump_interval = self.settings.bump_interval
                 bump_before = now - bump_interval
                 watching = self.watch is not None or self.detail is not None
-            h = _hash(key)
+            h = _hash(key) & HASH_BITS
             if old is not None and (h & old_mask) >= migrated:
                 item = old[h & old_mask]
             else:
                 item = buckets[h & mask]
+            # the record's fields share a cache line; the chunk is the only
+            # other line a hit reads
             while item != NIL:
-                if hashes[item] == h:
-                    off = id_offset[item]
-                    page = pages[id_page[item]]
+                if hashes[item] == h and klen[item] == len(key):
+                    pg = id_page[item]
+                    off = (item - page_first[pg]) * page_chunk[pg]
+                    page = pages[pg]
                     # startswith compares in place: no slice object per lookup
-                    if page.startswith(key, off + KEY_OFFSET) and klen[item] == len(key):
+                    if page.startswith(key, off + KEY_OFFSET):
                         break
                 item = chain[item]
             else:
-                misses += 1
-                if end_each:
-                    append(b"END\r\n")
-                if watching:
-                    self._fetched(key, NIL)
-                continue
-            exp = exptime[item]
-            if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
-                self.find_for_get(key, now)      # counts and reclaims it
+                item = NIL
+            if item != NIL:
+                exp = exptime[item]
+                if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
+                    self.find_for_get(key, now)      # counts and reclaims it
+                    item = NIL
+            if item == NIL:
                 misses += 1
                 if end_each:
                     append(b"END\r\n")
@@ -457,7 +461,7 @@ class ItemStore:
                     self._fetched(key, NIL)
                 continue
             hits += 1
-            cls_id = id_class[item]
+            cls_id = page_class[pg]
             class_hits[cls_id] += 1
             if not iflags[item] & FETCHED:
                 iflags[item] |= FETCHED
@@ -475,9 +479,16 @@ class ItemStore:
                 append(reply)
                 size += len(reply)
                 if remember:
-                    # usable until the item expires or is due for its next bump
-                    until = atime[item] + bump_interval
-                    admit(key, reply, exp if exp and exp < until else until, cls_id)
+                    # recent.admit's sampling, inlined (a call per key was 14%
+                    # of this loop): while the replies are not earning their
+                    # keep, only one miss in SAMPLE is added
+                    if not sampling or skipped >= SAMPLE - 1:
+                        skipped = 0
+                        # usable until the item expires or is due for its next bump
+                        until = atime[item] + bump_interval
+                        add(key, reply, exp if exp and exp < until else until, cls_id)
+                    else:
+                        skipped += 1
             if end_each:
                 append(b"END\r\n")
             if watching:
@@ -485,6 +496,8 @@ class ItemStore:
             if size >= budget:
                 break
         recent.hits += recent_hits
+        if full_path and remember:
+            recent.skipped = skipped
         n = hits + recent_hits + misses
         self.cmd_get += n
         self.get_hits += hits + recent_hits
@@ -679,13 +692,13 @@ class ItemStore:
         suffix = b" %d %d\r\n" % (flags, vlen)
         vstart = KEY_OFFSET + klen + len(suffix)
         total = vstart + vlen + 2
-        cls_id = self.id_class[item]
+        cls_id = self.slabs.class_of(item)
         cls = self.slabs.classes[cls_id]
         if total > cls.chunk_size or (cls_id > 1 and total <= self.slabs.sizes[cls_id - 2]):
             return False        # it belongs in another class
         self.invalidate(item, key)
         page = self.pages[self.id_page[item]]
-        off = self.id_offset[item]
+        off = self.slabs.offset_of(item)
         end = off + vstart + vlen
         page[off + KEY_OFFSET + klen:off + vstart] = suffix
         page[off + vstart:end] = value

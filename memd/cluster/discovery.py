@@ -26,10 +26,17 @@ class DiscoveredNode:
     port: int
 
     @property
+    def name(self) -> str:
+        """``host:port``: the node's identity, whatever its current address."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def address(self) -> str:
-        # Connect by IP when the node advertises one: the host name may
-        # only resolve inside the fleet's network (docker-compose, VPC).
-        return f"{self.ip or self.host}:{self.port}"
+        # Connect by IP when the node advertises one (memd does for IP
+        # literals and host|ip|port entries); an empty IP field means
+        # "resolve the name", which memd announces for host names.
+        ip = self.ip or self.host
+        return f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -124,13 +131,52 @@ def fetch_first(endpoints: Iterable[str], timeout: float = 2.0) -> ClusterInfo:
     raise last
 
 
-def resolve_dns(name: str, port: int = DEFAULT_PORT) -> list[str]:
-    """Every address behind ``name`` as ``ip:port``, sorted, de-duplicated.
+#: The SRV service label memd's manifests give the client port: a Kubernetes
+#: headless Service with a port named ``memcache`` publishes
+#: ``_memcache._tcp.<service>`` with one record per pod, targeting the pod's
+#: stable name (``memd-0.memd.<ns>.svc.cluster.local``).
+SRV_PREFIX = "_memcache._tcp."
 
-    A docker-compose service scaled to N or a Kubernetes headless service
-    answers with one A record per node; an empty answer raises OSError
-    (socket.gaierror), which the client treats as "keep what you have".
+
+def lookup_srv(name: str, timeout: float = 2.0) -> list[tuple[str, int]]:
+    """``(target, port)`` of every SRV record of ``name``, sorted.
+
+    ``name`` is used as is when it starts with ``_`` (a full SRV name),
+    otherwise ``_memcache._tcp.`` is put in front. Short names go through
+    the resolver's search list, as in a pod (``memd`` finds
+    ``memd.<ns>.svc.cluster.local``). No such records: ``[]``; a resolver
+    failure (timeout, no name server) raises. Blocking: keep it off event loops.
     """
+    import dns.exception
+    import dns.resolver
+
+    qname = name if name.startswith("_") else SRV_PREFIX + name
+    try:
+        answer = dns.resolver.resolve(qname, "SRV", search=True, lifetime=timeout)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:
+        raise OSError(f"SRV lookup of {qname} failed: {exc}") from exc
+    return sorted({(r.target.to_text(omit_final_dot=True), r.port) for r in answer})
+
+
+def resolve_dns(name: str, port: int = DEFAULT_PORT) -> list[str]:
+    """The fleet behind a DNS name, as ``host:port`` strings, sorted.
+
+    SRV records first (a Kubernetes headless Service): the members are the
+    records' targets, the pods' stable names, so a client's ring holds the
+    same names the nodes announce and a pod that comes back with a new IP
+    keeps its keys. Without SRV records, every A/AAAA record of ``name`` is
+    a member as ``ip:port`` (a docker-compose network alias shared by the
+    nodes). Nothing found raises OSError (socket.gaierror), which the client
+    treats as "keep what you have".
+    """
+    try:
+        srv = lookup_srv(name)
+    except OSError:
+        srv = []
+    if srv:
+        return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in srv]
     infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
     found = set()
     for family, *_rest, sockaddr in infos:

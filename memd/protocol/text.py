@@ -694,6 +694,8 @@ class TextProtocol(Connection):
             self.out.append(stats_mod.render(stats_mod.conns(node, self.fd)))
         elif sub == b"cachedump":
             self._cachedump(tokens)
+        elif sub in node.stats_groups:
+            self.out.append(stats_mod.render(node.stats_groups[sub](node)))
         else:
             self.out.append(ERROR)
 
