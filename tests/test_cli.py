@@ -92,6 +92,7 @@ def _bad_cases(tmp):
                "ssl_min_version=tlsv1.2", "lru_crawler=1", "hash_algorithm=md5", ","],
         "-N": ["0", "x", ""],
         "--recent-replies-mb": ["-1", "x", ""],
+        "--max-conn-output": ["1x", ""],
         "--idle-timeout": ["-5", "x", ""],
         "--tls-cert": [missing, ""],
         "--tls-key": [missing, ""],
