@@ -273,6 +273,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     add("--recent-replies-mb", type=non_negative_int, metavar="MB", default=d(None),
         help="memory for the replies of recently read keys, which repeated "
              "gets are answered from (default: a sixteenth of -m; 0: off)")
+    add("--max-conn-output", type=parse_size, default=d(4 << 20), metavar="SIZE",
+        help="reply bytes a connection may have unsent before memd stops reading it "
+             "(default 4m; memcached's -o read_buf_mem_limit is node-wide, not this)")
     add("--idle-timeout", type=non_negative_int, default=d(0),
         help="close connections idle this many seconds (0: never)")
     add("--tls-cert", type=readable_file, default=d(None), help="TLS certificate chain (PEM)")
@@ -596,6 +599,7 @@ def settings_from(args) -> NodeSettings:
         idle_timeout=args.idle_timeout,
         flush_enabled=not args.disable_flush_all,
         recent_replies_mb=-1 if args.recent_replies_mb is None else args.recent_replies_mb,
+        conn_output_limit=args.max_conn_output,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
         tls_verify_mode=args.ssl_verify_mode or 0,
         tls_min_version=2 if args.ssl_min_version is None else args.ssl_min_version,

@@ -1,6 +1,7 @@
 """What every connection of a node shares: settings, the store, counters.
 
 The protocols read and update this; the server owns its lifetime.  No I/O.
+docs/design.md describes the layers.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import __version__
+from .cache.prefixes import PrefixStats
 from .cache.rebalance import Rebalancer
 from .cache.store import ItemStore, StoreSettings
 from .watch import WatchHub
@@ -47,6 +49,12 @@ class NodeSettings:
     tls_verify_mode: int = 0        # memcached's ssl_verify_mode, 0-3
     tls_min_version: int = 2        # memcached's ssl_min_version, 0-3 (TLS 1.0-1.3)
     tls_ciphers: str | None = None
+    # Reply bytes one connection may have produced and not yet sent before
+    # memd stops reading and parsing its input (see memd.protocol.wire).
+    # memcached's nearest knob is -o read_buf_mem_limit, a node-wide cap on
+    # read buffers; memcached bounds output per connection by not reading
+    # while its output is queued, as memd does past this.
+    conn_output_limit: int = 4 << 20
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(
@@ -81,14 +89,26 @@ def listen_entry(text: str) -> tuple[str, int | None, bool]:
 class ConnInfo:
     """One connection as `stats conns` reports it."""
 
-    __slots__ = ("fd", "addr", "listen_addr", "state", "last_cmd")
+    __slots__ = ("fd", "addr", "listen_addr", "last_cmd", "proto", "sending")
 
     def __init__(self, fd: int, addr: str, listen_addr: str) -> None:
         self.fd = fd
         self.addr = addr
         self.listen_addr = listen_addr
-        self.state = "conn_parse_cmd"
         self.last_cmd = time.monotonic()
+        self.proto = None          # the connection's protocol, once its first byte came
+        self.sending = False       # replies queued that the socket has not taken
+
+    def state(self, asking_fd: int) -> str:
+        """memcached's name for what the connection is doing; the one asking
+        for `stats conns` is parsing that command."""
+        if self.fd == asking_fd:
+            return "conn_parse_cmd"
+        if self.sending:
+            return "conn_mwrite"
+        if self.proto is None:
+            return "conn_new_cmd"
+        return self.proto.state
 
 
 class Node:
@@ -111,6 +131,8 @@ class Node:
         self.conns: dict[int, ConnInfo] = {}
         self.listeners: list[str] = []
         self.listener_fds: dict[str, int] = {}
+        # (input held, reply bytes queued) over all connections; the server replaces it
+        self.buffered = lambda: (0, 0)
         # hooks filled in by the server / CLI
         self.cluster = None            # memd.cluster.config.ClusterConfig
         self.auth = None               # memd.auth.Authenticator
@@ -118,8 +140,28 @@ class Node:
         # `stats <name>` groups beyond the built-in ones: name -> node -> (name, value) pairs
         # (memd has no extstore, so `stats extstore` is empty, as in memcached without it)
         self.stats_groups = {b"extstore": lambda node: []}
-        self.counters = {"cmd_meta": 0, "store_too_large": 0, "store_no_memory": 0,
-                         "auth_cmds": 0, "auth_errors": 0}
+        self.counters = {"cmd_meta": 0, "auth_cmds": 0, "auth_errors": 0}
+        self.prefixes = PrefixStats(self.settings.detail_delimiter.encode()[:1] or b":")
 
     def request_shutdown(self) -> None:
         self.shutdown_requested = True
+
+    def reset_stats(self) -> None:
+        """`stats reset` (every protocol's): the store's counters and the node's."""
+        self.store.reset_stats()
+        for k in self.counters:
+            self.counters[k] = 0
+        self.total_connections = self.rejected_connections = 0
+
+    def stats_detail(self, arg: bytes) -> bytes | None:
+        """`stats detail on|off|dump`: the reply, or None for a bad argument.
+        Off stops the counting and keeps the figures, as memcached does."""
+        if arg == b"on":
+            self.store.detail = self.prefixes
+            return b"OK\r\n"
+        if arg == b"off":
+            self.store.detail = None
+            return b"OK\r\n"
+        if arg == b"dump":
+            return self.prefixes.dump()
+        return None

@@ -1,6 +1,6 @@
 """The node's network side: the only module that awaits.
 
-Shape (measured in DESIGN.md): plain TCP connections are served by ONE trio
+Shape (docs/design.md): plain TCP connections are served by ONE trio
 task from its own ``select.epoll``.  For each ready socket it reads once,
 hands the bytes to the connection's sans-IO protocol, and sends everything
 that read produced in one ``send``.  It blocks in
@@ -17,6 +17,11 @@ task each on a ``trio.SocketStream`` -- trio's own I/O, on every platform.
 
 A failure inside one connection's protocol closes that connection and is
 logged; it never reaches the loop serving the others.
+
+Each epoll connection queues its unsent reply chunks and is not read while
+any are queued; a protocol paused at its output bound is resumed one step
+per pass once its queue is sent (the connection life cycle in
+docs/design.md).  The trio-task path does the same by awaiting each send.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
+from itertools import islice
 
 import trio
 
 from .node import ConnInfo, Node, listen_entry
 from .protocol import BINARY_REQUEST_MAGIC, protocol_for
+from .protocol.wire import PREAUTH_INPUT
 
 log = logging.getLogger("memd")
 
@@ -49,8 +57,12 @@ log = logging.getLogger("memd")
 # what arrived.
 RECV_SIZE = 256 * 1024
 TOO_MANY = b"ERROR Too many open connections\r\n"
+JOIN_MAX = 256 * 1024          # replies up to this are joined and sent in one send
+SENDMSG_MAX = 64               # chunks handed to one sendmsg
 EPOLLIN = getattr(select, "EPOLLIN", 1)
 EPOLLOUT = getattr(select, "EPOLLOUT", 4)
+EPOLLHUP = getattr(select, "EPOLLHUP", 16)
+EPOLLERR = getattr(select, "EPOLLERR", 8)
 TICK = 0.1                     # seconds between housekeeping rounds
 RECLAIM_BUDGET = 2_000         # chunks the reclaimer looks at per tick (20k/s)
 SHUTDOWN_DRAIN = 2.0           # seconds to finish pending replies at shutdown
@@ -66,18 +78,40 @@ else:
 
 
 class Conn:
-    """A plain TCP connection served by the epoll loop."""
+    """A plain TCP connection served by the epoll loop.
 
-    __slots__ = ("sock", "fd", "proto", "pending", "info", "closing", "commands")
+    Its replies wait in ``queue`` (chunks as the protocol made them, never
+    joined into one object; a partly sent chunk is replaced by a memoryview
+    of its rest, so nothing is recopied).  While anything is queued the
+    socket is not read (EPOLLOUT only), as memcached stops reading a
+    connection whose output is queued; once the queue is empty a protocol
+    that paused at its output bound is resumed, one step per loop pass.
+    """
 
-    def __init__(self, sock: socket.socket, info: ConnInfo) -> None:
+    __slots__ = ("sock", "fd", "proto", "queue", "queued", "info", "closing", "commands",
+                 "recv_size", "mask")
+
+    def __init__(self, sock: socket.socket, info: ConnInfo, recv_size: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.proto = None          # chosen from the first byte received
-        self.pending = b""         # reply bytes the socket did not take yet
+        self.queue = deque()       # reply chunks the socket did not take yet
+        self.queued = 0            # their bytes
         self.info = info
-        self.closing = False       # close once ``pending`` is sent
+        self.closing = False       # close once the queue is sent
         self.commands = 0          # the protocol's command count at the last look
+        self.recv_size = recv_size # small until the peer has authenticated
+        self.mask = EPOLLIN        # what the fd is registered for
+
+
+def coalesce(chunks: list):
+    """Small replies are joined (one send, one TLS record); a big one stays
+    in pieces so its values are not copied again."""
+    if len(chunks) == 1:
+        return chunks
+    if len(chunks) <= SENDMSG_MAX and sum(map(len, chunks)) <= JOIN_MAX:
+        return [b"".join(chunks)]
+    return chunks
 
 
 def portable_io() -> bool:
@@ -118,6 +152,8 @@ class Server:
         self.tls_port = tls_port
         self.conns: dict[int, Conn] = {}
         self.streams: dict[int, StreamConn] = {}
+        self.runnable: set[Conn] = set()   # paused at the output bound, queue sent
+        node.buffered = self.buffered
         self.portable = portable_io()
         self.ep = None if self.portable else select.epoll()
         self.listeners: list[trio.socket.SocketType] = []
@@ -248,11 +284,11 @@ class Server:
             lsock.close()
         deadline = time.monotonic() + SHUTDOWN_DRAIN
         while time.monotonic() < deadline and (
-                any(c.pending for c in self.conns.values())
+                any(c.queue for c in self.conns.values())
                 or any(s.sending.locked() for s in self.streams.values())):
             for conn in list(self.conns.values()):
-                if conn.pending:
-                    self._send(conn, b"")
+                if conn.queue:
+                    self._drain(conn)
             await trio.sleep(0.01)
         for conn in list(self.conns.values()):
             self._close(conn)
@@ -305,7 +341,7 @@ class Server:
                 self.nursery.start_soon(self._serve_stream, sock, info, lsock.is_tls)
             else:
                 sock.setblocking(False)
-                conn = Conn(sock, info)
+                conn = Conn(sock, info, PREAUTH_INPUT if node.auth is not None else RECV_SIZE)
                 self.conns[conn.fd] = conn
                 self.ep.register(conn.fd, EPOLLIN)
 
@@ -314,6 +350,7 @@ class Server:
     async def _io_loop(self) -> None:
         ep = self.ep
         conns = self.conns
+        runnable = self.runnable
         node = self.node
         wait_readable = trio.lowlevel.wait_readable
         rbuf = bytearray(RECV_SIZE)
@@ -324,7 +361,7 @@ class Server:
         trace = log.isEnabledFor(logging.DEBUG)
         while True:
             events = ep.poll(0)
-            if not events:
+            if not events and not runnable:
                 await wait_readable(ep.fileno())
                 continue
             now = time.monotonic()
@@ -340,12 +377,16 @@ class Server:
                 conn = conns.get(fd)
                 if conn is None:
                     continue
-                if ev & EPOLLOUT:
-                    self._send(conn, b"")
+                if conn.mask != EPOLLIN:
+                    # sending (EPOLLOUT) or paused: never read here
+                    if conn.queue:
+                        self._drain(conn)
+                    elif ev & (EPOLLHUP | EPOLLERR):
+                        self._close(conn)
                     continue
                 sock = conn.sock
                 try:
-                    n = sock.recv_into(rbuf)
+                    n = sock.recv_into(rbuf, conn.recv_size)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:
@@ -363,27 +404,51 @@ class Server:
                     log.debug("<%d %r", fd, data[:120])
                 try:
                     if proto is None:
-                        proto = conn.proto = self._protocol(data[0], fd)
-                    reply = proto.feed(data)
+                        proto = conn.proto = conn.info.proto = self._protocol(data[0], fd)
+                    chunks = proto.receive(data)
                 except Exception:
                     log.exception("connection %d: protocol failure; closing it", fd)
                     self._close(conn)
                     continue
                 if trace:
-                    log.debug(">%d %r", fd, reply[:120])
+                    log.debug(">%d %r", fd, b"".join(chunks)[:120])
                 if proto.commands != conn.commands:
                     # idle means no complete command: a slow-loris trickle is idle
                     conn.commands = proto.commands
                     conn.info.last_cmd = now
-                if reply and not conn.pending and proto.stream is None and not proto.closed:
-                    replies.append((conn, reply))
-                    continue
+                    if conn.recv_size != RECV_SIZE and proto.authenticated:
+                        conn.recv_size = RECV_SIZE
                 if proto.closed:
                     conn.closing = True
-                if reply or conn.closing or proto.stream is not None:
-                    self._send(conn, reply)
+                elif chunks and proto._cont is None and proto._held is None:
+                    # the common case: a reply of a few chunks, nothing left to do
+                    if len(chunks) == 1:
+                        replies.append((conn, chunks[0]))
+                        continue
+                    chunks = coalesce(chunks)
+                    if len(chunks) == 1:
+                        replies.append((conn, chunks[0]))
+                        continue
+                self._queue(conn, chunks)
+                self._drain(conn)
+            if runnable:
+                # connections paused at their output bound whose replies are
+                # all sent: one more step each, then the others get their turn
+                for conn in list(runnable):
+                    runnable.discard(conn)
+                    watch.current_fd = conn.fd
+                    try:
+                        chunks = conn.proto.resume()
+                    except Exception:
+                        log.exception("connection %d: protocol failure; closing it", conn.fd)
+                        self._close(conn)
+                        continue
+                    if conn.proto.closed:
+                        conn.closing = True
+                    self._queue(conn, chunks)
+                    self._drain(conn)
             for conn, reply in replies:
-                # the common case: one reply, one send, all taken
+                # one reply, one send, usually all taken
                 try:
                     sent = conn.sock.send(reply)
                 except (BlockingIOError, InterruptedError):
@@ -393,8 +458,9 @@ class Server:
                     continue
                 nwritten += sent
                 if sent < len(reply):
-                    conn.pending = reply[sent:]
-                    ep.modify(conn.fd, EPOLLOUT)      # stop reading until drained
+                    conn.queue.append(memoryview(reply)[sent:])
+                    conn.queued = len(reply) - sent
+                    self._want(conn, EPOLLOUT)      # stop reading until drained
             node.bytes_read += nread
             node.bytes_written += nwritten
             if store.watch is not None:
@@ -417,8 +483,9 @@ class Server:
         for wfd, lines in watch.take():
             wconn = self.conns.get(wfd)
             stream = self.streams.get(wfd)
-            if wconn is not None and not wconn.pending:
-                self._send(wconn, lines)
+            if wconn is not None and not wconn.queue:
+                self._queue(wconn, [lines])
+                self._drain(wconn)
             elif stream is not None and not stream.sending.locked():
                 self.nursery.start_soon(stream.send_watch, lines, self.node)
             elif wconn is not None or stream is not None:
@@ -431,52 +498,76 @@ class Server:
             if self.node.store.watch is not None:
                 self._deliver_watch()
 
-    def _send(self, conn: Conn, reply: bytes) -> None:
-        """Send what we can; park the rest and wait for EPOLLOUT (backpressure).
+    def _want(self, conn: Conn, mask: int) -> None:
+        if conn.mask != mask:
+            conn.mask = mask
+            self.ep.modify(conn.fd, mask)
 
-        A protocol may also hand over a ``stream`` (a long dump): its chunks
-        are sent as the socket takes them, then the protocol resumes.
-        """
-        data = conn.pending + reply if conn.pending else reply
-        while True:
-            if data:
-                try:
-                    sent = conn.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
-                    self._close(conn)
-                    return
-                self.node.bytes_written += sent
-                if sent < len(data):
-                    if not conn.pending:
-                        self.ep.modify(conn.fd, EPOLLOUT)   # stop reading until drained
-                    conn.pending = data[sent:]
-                    return
-            proto = conn.proto
-            if proto is None or proto.stream is None:
+    def _queue(self, conn: Conn, chunks: list) -> None:
+        if chunks:
+            for chunk in coalesce(chunks):
+                if chunk:
+                    conn.queue.append(chunk)
+                    conn.queued += len(chunk)
+
+    def _drain(self, conn: Conn) -> None:
+        """Send what the socket takes of the queue, then settle what the
+        connection waits for: the socket (EPOLLOUT), its turn to produce
+        more (paused, in ``runnable``), or its next request (EPOLLIN)."""
+        queue = conn.queue
+        sock = conn.sock
+        while queue:
+            try:
+                if len(queue) == 1:
+                    offered = len(queue[0])
+                    sent = sock.send(queue[0])
+                else:
+                    batch = list(islice(queue, SENDMSG_MAX))
+                    offered = sum(map(len, batch))
+                    sent = sock.sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
                 break
-            data = next(proto.stream, None)
-            if data is None:
-                data = proto.resume()
-                if proto.closed:
-                    conn.closing = True
-        if conn.pending:
-            conn.pending = b""
-            if not conn.closing:
-                self.ep.modify(conn.fd, EPOLLIN)
+            except OSError:
+                self._close(conn)
+                return
+            self.node.bytes_written += sent
+            conn.queued -= sent
+            left = sent
+            while left:
+                head = queue[0]
+                if left >= len(head):
+                    queue.popleft()
+                    left -= len(head)
+                else:
+                    queue[0] = memoryview(head)[left:]     # no copy of the rest
+                    left = 0
+            if sent < offered:
+                break                                   # the socket is full
+        proto = conn.proto
+        if queue:
+            self._want(conn, EPOLLOUT)                  # stop reading until drained
+            conn.info.sending = True
+            return
+        conn.info.sending = False
         if conn.closing:
             self._close(conn)
+        elif proto is not None and proto.blocked:
+            self._want(conn, 0)                         # paused: neither read nor written
+            self.runnable.add(conn)
+        else:
+            self._want(conn, EPOLLIN)
 
     def _close(self, conn: Conn) -> None:
         if self.conns.pop(conn.fd, None) is None:
             return
+        self.runnable.discard(conn)
         try:
             self.ep.unregister(conn.fd)
         except (OSError, ValueError):
             pass
         self._forget(conn.info)
         self.node.watch.remove(conn.fd)
+        conn.queue.clear()
         conn.sock.close()
 
     def _forget(self, info: ConnInfo) -> None:
@@ -484,6 +575,17 @@ class Server:
         if node.conns.pop(info.fd, None) is not None:
             node.curr_connections -= 1
             log.debug("<%d connection closed", info.fd)
+
+    def buffered(self) -> tuple[int, int]:
+        """(input held, reply bytes queued) over every connection: `stats`
+        reports them as read_buf_bytes and response_obj_bytes."""
+        held = queued = 0
+        for info in self.node.conns.values():
+            if info.proto is not None:
+                held += info.proto.held_bytes()
+        for conn in self.conns.values():
+            queued += conn.queued
+        return held, queued
 
     # -- a trio task per connection: TLS, and every plain one on the portable path ----------
 
@@ -516,31 +618,38 @@ class Server:
                     pass
 
     async def _session(self, conn: StreamConn) -> None:
-        """The same read → feed → send cycle as the epoll loop, awaiting on the stream."""
+        """The epoll loop's cycle, awaiting on the stream: read, parse, send
+        everything, resume a paused protocol only once its replies are sent
+        (so the same output bound holds), read again."""
         node = self.node
         info = conn.info
         stream = conn.stream
+        watch = node.watch
         proto = None
         while True:
-            data = await stream.receive_some(RECV_SIZE)
+            if node.auth is not None and (proto is None or not proto.authenticated):
+                data = await stream.receive_some(PREAUTH_INPUT)
+            else:
+                data = await stream.receive_some(RECV_SIZE)
             if not data:
                 return
             node.bytes_read += len(data)
             if proto is None:
-                proto = self._protocol(data[0], info.fd)
-            node.watch.current_fd = info.fd
+                proto = info.proto = self._protocol(data[0], info.fd)
+            watch.current_fd = info.fd
             seen = proto.commands
-            reply = proto.feed(data)
+            chunks = proto.receive(data)
             if proto.commands != seen:
                 info.last_cmd = time.monotonic()
             while True:
-                if reply:
-                    await conn.send(reply, node)
-                if proto.stream is None:
+                info.sending = True
+                for chunk in coalesce(chunks):
+                    await conn.send(chunk, node)
+                info.sending = False
+                if proto.closed or not proto.blocked:
                     break
-                reply = next(proto.stream, None)
-                if reply is None:
-                    reply = proto.resume()
+                watch.current_fd = info.fd
+                chunks = proto.resume()
             if proto.closed:
                 return
 

@@ -40,6 +40,7 @@ def general(node: Node) -> list:
     c = node.counters
     slabs = s.slabs
     rb = s.rebalancer
+    held, queued = node.buffered()
     return [
         ("pid", node.pid), ("uptime", int(now - node.started)), ("time", int(now)),
         ("version", node.version), ("libevent", "trio"), ("pointer_size", 64),
@@ -48,8 +49,11 @@ def general(node: Node) -> list:
         ("total_connections", node.total_connections),
         ("rejected_connections", node.rejected_connections),
         ("connection_structures", node.curr_connections + len(node.listeners)),
-        ("response_obj_oom", 0), ("response_obj_count", 0), ("response_obj_bytes", 0),
-        ("read_buf_count", 0), ("read_buf_bytes", 0), ("read_buf_bytes_free", 0),
+        ("response_obj_oom", 0), ("response_obj_count", 0),
+        # memd's own accounting: reply bytes queued on sockets, input held
+        # between reads (memcached's read buffers and response objects)
+        ("response_obj_bytes", queued),
+        ("read_buf_count", 0), ("read_buf_bytes", held), ("read_buf_bytes_free", 0),
         ("read_buf_oom", 0), ("reserved_fds", 5),
         ("cmd_get", s.cmd_get), ("cmd_set", s.cmd_set), ("cmd_flush", s.cmd_flush),
         ("cmd_touch", s.cmd_touch), ("cmd_meta", c["cmd_meta"]),
@@ -60,7 +64,7 @@ def general(node: Node) -> list:
         ("decr_misses", s.decr_misses), ("decr_hits", s.decr_hits),
         ("cas_misses", s.cas_misses), ("cas_hits", s.cas_hits), ("cas_badval", s.cas_badval),
         ("touch_hits", s.touch_hits), ("touch_misses", s.touch_misses),
-        ("store_too_large", c["store_too_large"]), ("store_no_memory", c["store_no_memory"]),
+        ("store_too_large", s.store_too_large), ("store_no_memory", s.store_no_memory),
         ("auth_cmds", c["auth_cmds"]), ("auth_errors", c["auth_errors"]),
         ("bytes_read", node.bytes_read), ("bytes_written", node.bytes_written),
         ("limit_maxbytes", slabs.mem_limit), ("accepting_conns", 1),
@@ -102,7 +106,8 @@ def settings(node: Node) -> list:
         ("shutdown_command", "yes" if st.enable_shutdown else "no"),
         ("growth_factor", f"{st.factor:.2f}"), ("chunk_size", st.slab_min_size),
         ("num_threads", st.threads), ("num_threads_per_udp", st.threads),
-        ("stat_key_prefix", st.detail_delimiter), ("detail_enabled", "no"), ("reqs_per_event", 20),
+        ("stat_key_prefix", st.detail_delimiter),
+        ("detail_enabled", "yes" if s.detail is not None else "no"), ("reqs_per_event", 20),
         ("cas_enabled", "yes"), ("tcp_backlog", st.backlog),
         ("binding_protocol", {"auto": "auto-negotiate"}.get(st.protocol, st.protocol)),
         ("auth_enabled_sasl", "yes" if node.auth is not None else "no"),
@@ -186,7 +191,7 @@ def slabs(node: Node) -> list:
     return out
 
 
-def conns(node: Node) -> list:
+def conns(node: Node, asking_fd: int = -1) -> list:
     now = time.monotonic()
     out = []
     for listen in node.listeners:
@@ -196,5 +201,5 @@ def conns(node: Node) -> list:
     for info in list(node.conns.values()):
         p = f"{info.fd}:"
         out += [(p + "addr", info.addr), (p + "listen_addr", info.listen_addr),
-                (p + "state", info.state), (p + "secs_since_last_cmd", int(now - info.last_cmd))]
+                (p + "state", info.state(asking_fd)), (p + "secs_since_last_cmd", int(now - info.last_cmd))]
     return out

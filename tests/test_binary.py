@@ -268,7 +268,7 @@ def test_too_large_value_is_swallowed_without_buffering():
     chunk = b"x" * 65536
     for _ in range(big // len(chunk)):
         assert p.feed(chunk) == b""
-        assert p._pending_len == 0          # nothing kept
+        assert p.held_bytes() == 0           # nothing kept
     [n] = talk(p, frame(b.NOOP))
     assert n.opcode == b.NOOP
 

@@ -64,6 +64,8 @@ def _bad_cases(tmp):
     unreadable.chmod(0)
     bad_toml = tmp / "bad.toml"
     bad_toml.write_text("memory-limit = \n")
+    bad_cluster = tmp / "cluster"
+    bad_cluster.write_text("memd1:11211\ngarbage line here\n")
     return {
         "--config": [missing, str(bad_toml), ""],
         "-p": ["-1", "x", "", "70000"],
@@ -90,13 +92,15 @@ def _bad_cases(tmp):
                "ssl_min_version=tlsv1.2", "lru_crawler=1", "hash_algorithm=md5", ","],
         "-N": ["0", "x", ""],
         "--recent-replies-mb": ["-1", "x", ""],
+        "--max-conn-output": ["1x", ""],
         "--idle-timeout": ["-5", "x", ""],
         "--tls-cert": [missing, ""],
         "--tls-key": [missing, ""],
         "--tls-ca": [missing, ""],
         "--tls-port": ["-1", "x", "", "65536"],
-        "--cluster-nodes": [""],
-        "--cluster-file": [missing, ""],
+        "--cluster-nodes": ["", "memd1:notaport", "foo:bar:baz"],
+        "--cluster-file": [missing, "", str(bad_cluster)],
+        "--cluster-dns": [""],
         "--metrics-port": ["-1", "x", ""],
         "--snapshot": [nodir, ""],
     }

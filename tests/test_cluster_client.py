@@ -7,6 +7,7 @@ discovery tests use a tiny in-process endpoint that answers `version` and
 
 import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -16,8 +17,9 @@ from pymemcache.client.base import Client
 from memd.cluster import discovery
 from memd.cluster.client import ClusterClient, NoLiveNodes
 from memd.cluster.config import ClusterConfig, parse_node_list
-from memd.cluster.ring import KetamaRing
-from tools.fleet import LocalFleet, free_port
+from memd.cluster.ring import KetamaRing, ketama_label
+from tools import twemproxy
+from tools.fleet import LocalFleet, free_port, ping
 
 needs_memcached = pytest.mark.skipif(
     shutil.which("memcached") is None, reason="memcached binary not installed (apt-get install memcached)")
@@ -335,3 +337,50 @@ def test_elasticache_pyclient_discovers_and_uses_the_fleet(fleet, endpoint_facto
         assert mc.get("from-elasticache-pyclient") == "v"
     finally:
         mc.stop_timer()
+
+
+def _memcached_at(host, port):
+    proc = subprocess.Popen(["memcached", "-U", "0", "-l", host, "-p", str(port), "-m", "16", "-u", "root"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: ping(host, port) or proc.poll() is not None, timeout=20) and proc.poll() is None
+    return proc
+
+
+@needs_memcached
+@pytest.mark.parametrize("ring", ["xxhash", "ketama"])
+def test_a_node_whose_address_changes_keeps_its_keys_and_gets_the_new_address(endpoint_factory, ring):
+    hosts = ["127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44"]
+    port = free_port(hosts)
+    announced = [f"n1|{hosts[0]}|{port}", f"n2|{hosts[2]}|{port}", f"n3|{hosts[3]}|{port}"]
+    procs = [_memcached_at(h, port) for h in (hosts[0], hosts[2], hosts[3])]
+    ep = endpoint_factory(announced)
+    try:
+        with ClusterClient(config_endpoint=ep.address, ring=ring, poll_interval=0.1) as cc:
+            names = [f"n{i}:{port}" for i in (1, 2, 3)]
+            assert sorted(cc.servers) == names
+            # twemproxy hashes the same names the client's ketama ring does.
+            config = twemproxy.render_config(parse_node_list(",".join(announced)))
+            assert sorted(line.split()[-1] for line in config.splitlines() if line.startswith("   - ")) \
+                == sorted(ketama_label(n) for n in names)
+            keys = [f"m{i}" for i in range(300)]
+            before = {k: cc.node_for(k) for k in keys}
+            assert set(before.values()) == set(names)
+            on_n1 = [k for k in keys if before[k] == names[0]]
+            assert cc.set_many({k: b"old" for k in on_n1}) == []
+            assert direct(f"{hosts[0]}:{port}").get(on_n1[0]) == b"old"
+
+            # n1 comes back at another address (a restarted container).
+            procs.append(_memcached_at(hosts[1], port))
+            ep.set_nodes([f"n1|{hosts[1]}|{port}", *announced[1:]])
+            assert wait_for(lambda: cc._addresses[names[0]] == f"{hosts[1]}:{port}", timeout=20)
+            procs[0].kill()
+            assert {k: cc.node_for(k) for k in keys} == before
+            assert sorted(cc.servers) == names
+            assert cc.set(on_n1[0], b"new")
+            assert direct(f"{hosts[1]}:{port}").get(on_n1[0]) == b"new"
+            assert cc.get(on_n1[0]) == b"new"
+            assert cc.node_states()[names[0]] == "live"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -280,7 +281,18 @@ def test_growing_three_to_four_nodes_keeps_every_key_only_with_warm_up(fleet, wa
 
 
 @needs_memcached
-def test_writes_and_deletes_in_the_window_reach_the_previous_owner(fleet):
+def test_writes_and_deletes_in_the_window_reach_the_previous_owner(fleet, monkeypatch):
+    from memd.cluster import client as client_module
+
+    # Hold the sweep back: it moves keys off their previous owners, which
+    # would race the direct reads of the previous owner below.
+    listed, release = client_module.metadump_keys, threading.Event()
+
+    def held(*args):
+        release.wait(60)
+        return listed(*args)
+
+    monkeypatch.setattr(client_module, "metadump_keys", held)
     with ClusterClient(fleet.addresses, warmup=60) as cc:
         keys = [f"w{i}" for i in range(400)]
         assert cc.set_many({k: b"old" for k in keys}) == []
@@ -296,6 +308,7 @@ def test_writes_and_deletes_in_the_window_reach_the_previous_owner(fleet):
         assert cc.get(deleted) is None and cc.get(rewritten) == b"new"
         assert cc.get(moved[2]) == b"old"                     # copied on the miss
         assert direct(fleet.addresses[3]).get(moved[2]) == b"old"
+        release.set()
 
 
 @needs_memcached
@@ -331,6 +344,34 @@ def test_the_sweep_moves_untouched_keys_so_removing_the_new_node_later_is_never_
         assert cc.get_many(moved) == {k: b"new" for k in moved}
         assert wait_for(lambda: cc._view.prev is None and cc.sweeps[-1]["finished"], timeout=20)
         assert cc.get_many(moved) == {k: b"new" for k in moved}
+
+
+@needs_memcached
+def test_a_refused_key_listing_is_retried_so_the_sweep_still_moves_every_key(fleet, monkeypatch):
+    from memd.cluster import client as client_module
+    from memd.cluster.migrate import MetadumpError
+
+    listed = client_module.metadump_keys
+    refused = set()
+
+    def busy_once(address, *args):
+        # memcached's answer while its LRU crawler is running.
+        if address not in refused:
+            refused.add(address)
+            raise MetadumpError(f"{address}: b'BUSY currently processing crawler request'")
+        return listed(address, *args)
+
+    monkeypatch.setattr(client_module, "metadump_keys", busy_once)
+    with ClusterClient(fleet.addresses, warmup=0.2) as cc:
+        keys = [f"b{i}" for i in range(300)]
+        assert cc.set_many({k: b"v" for k in keys}) == []
+        before = {k: cc.node_for(k) for k in keys}
+        _grow(fleet, cc)
+        moved = [k for k in keys if cc.node_for(k) == fleet.addresses[3]]
+        assert wait_for(lambda: cc._view.prev is None, timeout=60)
+        assert refused == set(fleet.addresses[:3])
+        assert cc.sweeps[-1] == {**cc.sweeps[-1], "finished": True, "nodes": 3, "moved": len(moved)}
+        assert all(direct(before[k]).get(k) is None for k in moved)
 
 
 @needs_memcached

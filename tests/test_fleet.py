@@ -23,6 +23,7 @@ from memd.cluster.discovery import fetch_cluster_config
 from tools.fleet import (
     LocalFleet,
     _parse_compose_minimal,
+    _services_from_yaml,
     compose_published_ports,
     config_get_cluster,
     free_port,
@@ -60,10 +61,14 @@ def test_compose_builds_one_image_for_three_nodes_that_each_advertise_the_whole_
     assert {s["image"] for s in services.values()} == {"memd:latest"}
     cluster_files = set()
     host_ports = set()
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML itself")
+    shared = tomllib.loads((ROOT / "deploy" / "settings" / "memd.toml").read_text())
     for name, svc in services.items():
-        assert svc["mem_limit"]
+        # -m caps items; the process and the recent replies come on top.
+        assert int(svc["mem_limit"].rstrip("m")) >= 1.5 * shared["memory-limit"]
         cmd = svc["command"]
-        assert "-m" in cmd
+        settings = cmd[cmd.index("--config") + 1]
+        assert f"./deploy/settings/memd.toml:{settings}:ro" in svc["volumes"]
         path = cmd[cmd.index("--cluster-file") + 1]
         (mount,) = [v for v in svc["volumes"] if v.split(":")[1] == path]
         cluster_files.add(mount.split(":")[0])
@@ -93,8 +98,17 @@ def test_rolling_restart_finds_the_published_ports_of_our_compose_file(monkeypat
 
 
 def test_minimal_compose_parser_agrees_with_pyyaml():
-    pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
-    assert _parse_compose_minimal(COMPOSE.read_text()) == load_compose(COMPOSE)
+    yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
+    text = COMPOSE.read_text()
+    assert _parse_compose_minimal(text) == _services_from_yaml(yaml.safe_load(text))
+
+
+def test_local_nodes_read_the_settings_file_the_containers_mount():
+    services = load_compose(COMPOSE)
+    for cmd in services.values():
+        settings = Path(cmd[cmd.index("--config") + 1])
+        assert settings == ROOT / "deploy" / "settings" / "memd.toml"
+        assert settings.is_file()
 
 
 def test_launcher_replaces_docker_only_flags():

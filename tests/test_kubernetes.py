@@ -22,13 +22,38 @@ K8S_VERSION = "1.30.0"   # oldest release still supported upstream when this was
 NAMESPACE = "cache"
 
 
-def manifests() -> dict[str, dict]:
-    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    docs = {}
-    for name in kust["resources"]:
-        for doc in yaml.safe_load_all((DEPLOY / name).read_text()):
-            docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+def kustomize(directory: Path) -> list[dict]:
+    """The objects ``kubectl apply -k directory`` creates, for what these
+    kustomizations use: resource files, resource directories (other
+    kustomizations), and configMapGenerator files (no name hash)."""
+    kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs = []
+    for resource in kust.get("resources", []):
+        path = directory / resource
+        if path.is_dir():
+            docs += kustomize(path)
+        else:
+            docs += list(yaml.safe_load_all(path.read_text()))
+    for gen in kust.get("configMapGenerator", []):
+        assert kust["generatorOptions"]["disableNameSuffixHash"] is True
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]},
+                     "data": {Path(f).name: (directory / f).read_text() for f in gen["files"]}})
     return docs
+
+
+def manifests() -> dict[str, dict]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in kustomize(DEPLOY)}
+
+
+def settings() -> dict:
+    """The shared settings file, as the pods read it (through the ConfigMap)."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML itself")
+    c = container()
+    path = Path(flag(c["args"], "--config"))
+    (mount,) = [m for m in c["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    (volume,) = [v for v in statefulset()["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    configmap = manifests()[f"ConfigMap/{volume['configMap']['name']}"]
+    return tomllib.loads(configmap["data"][path.name])
 
 
 def by_kind(kind: str) -> list[dict]:
@@ -57,14 +82,29 @@ def flag(args: list[str], name: str) -> str:
 def test_every_manifest_validates_against_the_kubernetes_schemas():
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    listed = set(kust["resources"])
-    assert listed == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
-    kinds = []
-    for name in sorted(listed):
-        for doc in yaml.safe_load_all((DEPLOY / name).read_text()):
-            kv.validate(doc, K8S_VERSION, strict=True)   # raises on any schema error
-            kinds.append(doc["kind"])
-    assert sorted(kinds) == ["PodDisruptionBudget", "Service", "Service", "StatefulSet"]
+    files = {r for r in kust["resources"] if not (DEPLOY / r).is_dir()}
+    assert files == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    docs = kustomize(DEPLOY)
+    for doc in docs:
+        kv.validate(doc, K8S_VERSION, strict=True)   # raises on any schema error
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "PodDisruptionBudget", "Service", "Service",
+                                               "StatefulSet"]
+
+
+def test_pods_and_compose_share_one_settings_file_memd_accepts():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML itself")
+    from memd.cli import build_parser, config_argv
+
+    shared = DEPLOY.parent / "settings" / "memd.toml"
+    assert settings() == tomllib.loads(shared.read_text())   # what the pods mount is this file
+    argv = config_argv(str(shared), build_parser())   # unknown keys or bad types raise
+    assert "--memory-limit" in argv
+    compose = yaml.safe_load((DEPLOY.parent.parent / "docker-compose.yml").read_text())
+    for name, svc in compose["services"].items():
+        if svc.get("profiles"):
+            continue
+        path = flag(svc["command"], "--config")
+        assert f"./deploy/settings/memd.toml:{path}:ro" in svc["volumes"], name
 
 
 def test_the_statefulset_discovers_its_pods_through_the_headless_service():
@@ -107,7 +147,7 @@ def _mib(quantity: str) -> float:
 
 def test_memory_resources_leave_room_above_the_item_limit():
     c = container()
-    item_mb = int(flag(c["args"], "-m"))
+    item_mb = settings()["memory-limit"]
     limit, request = (_mib(c["resources"][k]["memory"]) for k in ("limits", "requests"))
     # -m caps item memory; the process and the recent replies (-m/16) come on top.
     assert limit >= item_mb * 1.5

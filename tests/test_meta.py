@@ -85,7 +85,7 @@ def test_too_large_is_refused_swallowed_and_drops_the_old_value(conn):
     assert conn(b"ms big %d T0\r\n" % big) == b"SERVER_ERROR object too large for cache\r\n"
     assert conn(b"z" * big) == b""
     assert conn(b"\r\nmg big\r\n") == b"EN\r\n"
-    assert conn.node.counters["store_too_large"] == 1
+    assert conn.node.store.store_too_large == 1
 
 
 def test_ms_modes_and_cas(conn):

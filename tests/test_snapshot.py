@@ -393,7 +393,9 @@ def test_a_directory_in_place_of_the_file_logs_one_line(snap, caplog):
 
 
 N_ITEMS = 100_000
-SHORT_TTL = 10
+SHORT_TTL = 12
+#: Seconds the in-time checks need before the short-TTL items expire.
+SHORT_MARGIN = 4
 
 
 def _ttl_of(i: int) -> int:
@@ -492,10 +494,17 @@ def test_a_node_restarted_with_its_snapshot_serves_the_same_items(tmp_path):
 
     second = servers.start_memd("--snapshot", snap)
     try:
-        restarted = time.time()
-        assert restarted < t0 + SHORT_TTL - 1, "too slow to check the short TTLs"
-        alive = [i for i in range(N_ITEMS) if _ttl_of(i) != 1]
-        assert _curr_items(second.port) == len(alive)
+        # On a busy machine the restart can outlast the short TTLs.  Then
+        # they are checked only for what matters most: gone on their
+        # original schedule, not SHORT_TTL after the restart.  The margin
+        # leaves time to read every item before the short ones expire.
+        in_time = time.time() + SHORT_MARGIN < t0 + SHORT_TTL
+        if not in_time:
+            time.sleep(max(0.0, stored_at + SHORT_TTL + 1.1 - time.time()))
+        gone = (1,) if in_time else (1, SHORT_TTL)
+        alive = [i for i in range(N_ITEMS) if _ttl_of(i) not in gone]
+        if in_time:  # (expired items may still be counted until reaped)
+            assert _curr_items(second.port) == len(alive)
         got = _get_all(second.port, list(range(N_ITEMS)))
         assert sorted(got) == alive
         for i in alive:
@@ -505,6 +514,8 @@ def test_a_node_restarted_with_its_snapshot_serves_the_same_items(tmp_path):
         reply = _command(second.port, b"mg key1 t\r\n")
         if reply.startswith((b"HD", b"VA")):
             for i, ttl in ((1, 3600), (2, SHORT_TTL), (0, -1)):
+                if _ttl_of(i) in gone or (ttl == SHORT_TTL and time.time() > t0 + SHORT_TTL - 1):
+                    continue  # expired, or about to: nothing left to read
                 reply = _command(second.port, b"mg key%d t\r\n" % i)
                 t = int(reply.split(b" t")[1].split()[0])
                 if ttl == -1:

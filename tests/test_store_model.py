@@ -149,8 +149,8 @@ class StoreModel(RuleBasedStateMachine):
             return None
         return it
 
-    def new_cas(self) -> int:
-        c = self.store.last_cas
+    def new_cas(self, c: int) -> int:
+        """The CAS a mutation's result record gave: it must be new."""
         assert c > self.max_cas, "CAS must grow on every mutation"
         self.max_cas = c
         self.seen_cas.append(c)
@@ -173,7 +173,7 @@ class StoreModel(RuleBasedStateMachine):
     @rule(mode=st.sampled_from([S.SET, S.ADD, S.REPLACE]), key=st.sampled_from(KEYS),
           flags=flags_st, exptime=exptimes, value=values)
     def set_add_replace(self, mode, key, flags, exptime, value):
-        got = self.store.store(mode, key, flags, self.wire_exptime(exptime), value)
+        got, cas = self.store.write(mode, key, flags, self.wire_exptime(exptime), value)
         it = self.lookup(key)
         now = self.clock.now
         if mode == S.ADD and it is not None:
@@ -184,7 +184,7 @@ class StoreModel(RuleBasedStateMachine):
             assert got == S.NOT_STORED
             return
         assert got == S.STORED
-        self.items[key] = ModelItem(value, flags, self.realtime(exptime), now, self.new_cas())
+        self.items[key] = ModelItem(value, flags, self.realtime(exptime), now, self.new_cas(cas))
 
     @rule(mode=st.sampled_from([S.APPEND, S.PREPEND]), key=st.sampled_from(KEYS),
           value=values, use_cas=st.sampled_from([None, None, "right", "wrong"]))
@@ -195,7 +195,7 @@ class StoreModel(RuleBasedStateMachine):
             cas = it.cas
         elif use_cas == "wrong":
             cas = self.max_cas + 1000
-        got = self.store.store(mode, key, 999, 999, value, cas)
+        got, new = self.store.write(mode, key, 999, 999, value, cas)
         if it is None:
             assert got == S.NOT_STORED
             return
@@ -205,7 +205,7 @@ class StoreModel(RuleBasedStateMachine):
         assert got == S.STORED
         # appending keeps the old flags and expiry, ignores the new ones
         new_value = it.value + value if mode == S.APPEND else value + it.value
-        self.items[key] = ModelItem(new_value, it.flags, it.exp, self.clock.now, self.new_cas())
+        self.items[key] = ModelItem(new_value, it.flags, it.exp, self.clock.now, self.new_cas(new))
 
     @rule(key=st.sampled_from(KEYS), flags=flags_st, exptime=exptimes, value=values,
           which=st.sampled_from(["current", "current", "old", "zero", "random"]),
@@ -220,7 +220,7 @@ class StoreModel(RuleBasedStateMachine):
             unique = 0
         else:
             unique = rnd
-        got = self.store.store(S.CAS, key, flags, self.wire_exptime(exptime), value, unique)
+        got, new = self.store.write(S.CAS, key, flags, self.wire_exptime(exptime), value, unique)
         it = self.lookup(key)
         if it is None:
             assert got == S.NOT_FOUND
@@ -230,7 +230,7 @@ class StoreModel(RuleBasedStateMachine):
             return
         assert got == S.STORED
         self.items[key] = ModelItem(value, flags, self.realtime(exptime), self.clock.now,
-                                    self.new_cas())
+                                    self.new_cas(new))
 
     @rule(key=st.sampled_from(KEYS))
     def get(self, key):
@@ -306,7 +306,7 @@ class StoreModel(RuleBasedStateMachine):
 
     @rule(key=st.sampled_from(KEYS), delta=deltas, incr=st.booleans())
     def incr_decr(self, key, delta, incr):
-        status, value = self.store.incr_decr(key, delta, incr)
+        status, value, new_cas, _ = self.store.arith(key, delta, incr)
         it = self.lookup(key)
         if it is None:
             assert (status, value) == (S.NOT_FOUND, None)
@@ -327,7 +327,7 @@ class StoreModel(RuleBasedStateMachine):
         else:
             it.value = digits
         it.atime = self.clock.now
-        it.cas = self.new_cas()
+        it.cas = self.new_cas(new_cas)
 
     @rule(delay=st.one_of(st.sampled_from([0, 0, 1, 2, 5, 60, -3, THIRTY_DAYS]),
                           st.tuples(st.just("abs"), st.sampled_from([-5, 10, THIRTY_DAYS + 5]))))

@@ -43,8 +43,8 @@ def test_fleet_up_without_a_compose_file_says_so_in_one_line(tmp_path):
 
 
 def test_storage_bench_header_tells_the_sizes_used_and_shows_progress(tmp_path):
-    done = _run("-m", "tools.storage_bench", "--items", "3000", "--fill", "2000", "--runs", "1",
-                "--seconds", "0.05", cwd=tmp_path)
+    done = _run("-m", "tools.storage_bench", "--items", "3000", "--lookup-sizes", "3000",
+                "--fill", "2000", "--runs", "1", "--seconds", "0.05", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     header = done.stdout.splitlines()[0]
     assert "over 3000 items" in header and "fills 2000 items" in header

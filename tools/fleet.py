@@ -407,27 +407,50 @@ def _restart_pid(entry: dict, timeout: float, startup: float) -> dict:
 
 def load_compose(path: Path) -> dict[str, list[str]]:
     """Service name -> its ``command`` list, for the memd services (not the
-    optional ones behind a compose profile, such as twemproxy)."""
+    optional ones behind a compose profile, such as twemproxy).
+
+    A file the service bind-mounts and names on its command line is the
+    host's file here: ``--config /etc/memd/memd.toml`` becomes the compose
+    directory's ``deploy/settings/memd.toml``, so local nodes share the
+    containers' settings.
+    """
     text = Path(path).read_text()
     try:
         import yaml
     except ImportError:
-        services = _parse_compose_minimal(text)
+        raw = _parse_compose_minimal(text)
     else:
-        doc = yaml.safe_load(text) or {}
-        services = {}
-        for name, svc in (doc.get("services") or {}).items():
-            if (svc or {}).get("profiles"):
-                continue
-            cmd = (svc or {}).get("command") or []
-            services[name] = cmd.split() if isinstance(cmd, str) else [str(a) for a in cmd]
+        raw = _services_from_yaml(yaml.safe_load(text) or {})
+    base = Path(path).resolve().parent
+    return {name: _host_paths(cmd, volumes, base) for name, (cmd, volumes) in raw.items()}
+
+
+def _services_from_yaml(doc: dict) -> dict[str, tuple[list[str], list[str]]]:
+    services = {}
+    for name, svc in (doc.get("services") or {}).items():
+        svc = svc or {}
+        if svc.get("profiles"):
+            continue
+        cmd = svc.get("command") or []
+        services[name] = (cmd.split() if isinstance(cmd, str) else [str(a) for a in cmd],
+                          [str(v) for v in svc.get("volumes") or []])
     return services
 
 
-def _parse_compose_minimal(text: str) -> dict[str, list[str]]:
+def _host_paths(cmd: list[str], volumes: list[str], base: Path) -> list[str]:
+    mounts = {}
+    for volume in volumes:
+        source, _, rest = volume.partition(":")
+        if source.startswith((".", "/")):          # a bind mount, not a named volume
+            mounts[rest.split(":")[0]] = str((base / source).resolve())
+    return [mounts.get(arg, arg) for arg in cmd]
+
+
+def _parse_compose_minimal(text: str) -> dict[str, tuple[list[str], list[str]]]:
     """Just enough YAML for our docker-compose.yml: ``services:`` at column 0,
-    service names at indent 2, ``command: [..JSON-compatible flow list..]``."""
-    services: dict[str, list[str]] = {}
+    service names at indent 2, ``command:`` and ``volumes:`` as JSON-compatible
+    flow lists."""
+    services: dict[str, tuple[list[str], list[str]]] = {}
     in_services, current = False, None
     for raw in text.splitlines():
         line = raw.split(" #", 1)[0].rstrip()
@@ -439,13 +462,14 @@ def _parse_compose_minimal(text: str) -> dict[str, list[str]]:
             current = None
         elif in_services and indent == 2 and line.endswith(":"):
             current = line.strip()[:-1]
-            services[current] = []
+            services[current] = ([], [])
         elif in_services and current and line.strip().startswith("profiles:"):
             del services[current]
             current = None
-        elif in_services and current and line.strip().startswith("command:"):
-            value = line.split(":", 1)[1].strip()
-            services[current] = json.loads(value) if value.startswith("[") else value.split()
+        elif in_services and current and line.strip().startswith(("command:", "volumes:")):
+            key, value = (part.strip() for part in line.split(":", 1))
+            items = json.loads(value) if value.startswith("[") else value.split()
+            services[current][0 if key == "command" else 1][:] = items
     return services
 
 

@@ -42,7 +42,7 @@ class RecentReplies:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.replies: dict[bytes, tuple[bytes, int, int]] = {}
+        self.replies: dict[bytes, tuple[bytes, int, int, int]] = {}
         self.used = 0
         self.hits = 0          # this round's, added up by the store
         self.admitted = 0      # this round's
@@ -73,7 +73,9 @@ class RecentReplies:
             self.used -= len(old[0]) + ENTRY_OVERHEAD
         if self.used + size > self.budget or len(replies) >= MAX_ENTRIES:
             self._start_over()
-        replies[key] = (bytes(reply), until, cls_id)
+        # the length rides along so that the get path can count the bytes it
+        # answers (its output bound) without a len() call per key
+        replies[key] = (bytes(reply), until, cls_id, len(reply))
         self.used += size
         self.admitted += 1
 

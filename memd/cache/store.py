@@ -1,7 +1,9 @@
 """The item store: memcached 1.6's command semantics over the slab allocator.
 
 Synchronous and free of I/O: the protocols call it, the server never awaits
-inside it.
+inside it.  It owns every memcached rule about items and their counters;
+the protocols get result records back and only render them (the table in
+docs/design.md).
 
 Item layout in its chunk (chosen so a text ``get`` hit is one slice)::
 
@@ -31,7 +33,7 @@ from ..numbers import strtoull
 from .clock import system_clock
 from .index import HASH_BITS, HashIndex
 from .lru import LRU, NIL
-from .recent import SAMPLE, RecentReplies
+from .recent import MAX_REPLY, SAMPLE, RecentReplies
 from ..hotkeys import HotKeys
 from .slabs import SlabAllocator
 
@@ -82,7 +84,7 @@ class ItemStore:
         "incr_misses", "decr_hits", "decr_misses", "cas_hits", "cas_misses",
         "cas_badval", "touch_hits", "touch_misses", "evictions", "reclaimed",
         "expired_unfetched", "evicted_unfetched", "evicted_active", "total_items",
-        "crawler_reclaimed",
+        "crawler_reclaimed", "store_too_large", "store_no_memory",
     )
 
     def __init__(self, settings: StoreSettings | None = None, clock=None) -> None:
@@ -112,6 +114,7 @@ class ItemStore:
                             self.vstart, self.vlen, self.iflags)
         self.rebalancer = None     # set by cache.rebalance.Rebalancer
         self.watch = None          # a memd.watch.WatchHub when the node has one
+        self.detail = None         # a PrefixStats while `stats detail on`
         self.crawl_requested = False
         self.next_cas = 1
         self.oldest_live = 0
@@ -133,6 +136,8 @@ class ItemStore:
     def reset_stats(self) -> None:
         for name in self.COUNTERS:
             setattr(self, name, 0)
+        if self.detail is not None:
+            self.detail.clear()
         for cls in self.slabs.classes[1:]:
             cls.reset_counters()
         for i in range(len(self.class_get_hits)):
@@ -362,11 +367,20 @@ class ItemStore:
 
     # -- commands ----------------------------------------------------------------
 
-    def fetch_text(self, keys, out: list, with_cas: bool = False, end_each: bool = False) -> None:
-        """The text get/gets hot path: append one VALUE block per hit to ``out``.
+    def fetch_text(self, keys, out: list, with_cas: bool = False, end_each: bool = False,
+                   budget: int = 1 << 62) -> int:
+        """The text get/gets hot path: append one VALUE block per hit to ``out``;
+        return how many keys were looked up.
 
         With ``end_each`` every key is its own single-key get and gets its own
-        END (the parser batches a pipeline of those into one call).
+        END (the parser batches a pipeline of those into one call).  Once the
+        replies appended reach ``budget`` bytes the lookups stop (after the
+        reply that reached it): the connection's output bound.  ``keys`` may be
+        an iterator; a stopped one goes on where it stopped.  A list of keys
+        too short for recent replies (each at most MAX_REPLY) to reach half
+        the budget counts only the full lookups' bytes, against that half:
+        per-key counting on the recent-reply path cost mget100 8% of its
+        instructions.
 
         A key read lately is answered from ``recent`` (see recent.py): one
         dict lookup.  Any other key takes the full lookup, inlined with
@@ -379,12 +393,15 @@ class ItemStore:
         if self._recent_flush_at and self._recent_flush_at <= now:
             recent.clear()               # a delayed flush_all took effect
             self._recent_flush_at = 0
-        remember = recent.budget > 0 and not (with_cas or self.watch)
+        remember = recent.budget > 0 and not (with_cas or self.watch or self.detail)
         recent_get = recent.replies.get if remember else _NO_REPLIES.get
         class_hits = self.class_get_hits
         append = out.append
-        hits = recent_hits = 0
+        hits = recent_hits = misses = size = 0
         full_path = False
+        counted = type(keys) is not list or len(keys) * MAX_REPLY > budget >> 1
+        if not counted:
+            budget >>= 1
         for key in keys:
             entry = recent_get(key)
             if entry is not None and now < entry[1]:
@@ -393,6 +410,10 @@ class ItemStore:
                 append(entry[0])
                 if end_each:
                     append(b"END\r\n")
+                if counted:
+                    size += entry[3]
+                    if size >= budget:
+                        break
                 continue
             if not full_path:
                 # set up the full lookup only once a key needs it: a read
@@ -412,6 +433,7 @@ class ItemStore:
                     oldest_live = 0
                 bump_interval = self.settings.bump_interval
                 bump_before = now - bump_interval
+                watching = self.watch is not None or self.detail is not None
             h = _hash(key) & HASH_BITS
             if old is not None and (h & old_mask) >= migrated:
                 item = old[h & old_mask]
@@ -429,14 +451,18 @@ class ItemStore:
                         break
                 item = chain[item]
             else:
+                item = NIL
+            if item != NIL:
+                exp = exptime[item]
+                if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
+                    self.find_for_get(key, now)      # counts and reclaims it
+                    item = NIL
+            if item == NIL:
+                misses += 1
                 if end_each:
                     append(b"END\r\n")
-                continue
-            exp = exptime[item]
-            if (exp and exp <= now) or (oldest_live and self.is_dead(item, now)):
-                self.find_for_get(key, now)      # counts and reclaims it
-                if end_each:
-                    append(b"END\r\n")
+                if watching:
+                    self._fetched(key, NIL)
                 continue
             hits += 1
             cls_id = page_class[pg]
@@ -451,9 +477,11 @@ class ItemStore:
                 append(page[off:off + vs - 2])
                 append(b" %d\r\n" % self.cas[item])
                 append(page[off + vs:off + vs + vlen[item] + 2])
+                size += vs + vlen[item] + 22
             else:
                 reply = page[off:off + vs + vlen[item] + 2]
                 append(reply)
+                size += len(reply)
                 if remember:
                     # recent.admit's sampling, inlined (a call per key was 14%
                     # of this loop): while the replies are not earning their
@@ -467,16 +495,25 @@ class ItemStore:
                         skipped += 1
             if end_each:
                 append(b"END\r\n")
+            if watching:
+                self._fetched(key, item)
+            if size >= budget:
+                break
         recent.hits += recent_hits
         if full_path and remember:
             recent.skipped = skipped
-        n = len(keys)
+        n = hits + recent_hits + misses
         self.cmd_get += n
         self.get_hits += hits + recent_hits
-        self.get_misses += n - hits - recent_hits
+        self.get_misses += misses
+        return n
+
+    def _fetched(self, key: bytes, item: int) -> None:
+        """What a get tells the watchers and the prefix stats (when either is on)."""
+        if self.detail is not None:
+            self.detail.record_get(key, item != NIL)
         if self.watch:
-            for key in keys:
-                self._emit_fetch(key, self.index.find(key, _hash(key)))
+            self._emit_fetch(key, item)
 
     def _emit_fetch(self, key: bytes, item: int) -> None:
         watch = self.watch
@@ -500,46 +537,103 @@ class ItemStore:
     def get(self, key: bytes, touch_exptime: int | None = None) -> int:
         """One counted get (gat when ``touch_exptime`` is given): item or -1.
 
-        As in memcached 1.6.18, a gat counts as a touch only, not as a get."""
+        As in memcached 1.6.18, a gat counts as a touch only, not as a get
+        (but `stats detail` counts it as a get)."""
+        return self._lookup(key, touch_exptime, True)
+
+    def _lookup(self, key: bytes, touch_exptime: int | None, observed: bool) -> int:
         now = self.clock()
         item = self.find_for_get(key, now)
-        if self.watch:
-            self._emit_fetch(key, item)
-        if touch_exptime is None:
-            self.cmd_get += 1
-            if item == NIL:
-                self.get_misses += 1
-                return NIL
-            self.get_hits += 1
-            self.class_get_hits[self.id_class[item]] += 1
-        else:
-            self.cmd_touch += 1
-            if item == NIL:
-                self.touch_misses += 1
-                return NIL
-            self.touch_hits += 1
-            self.slabs.classes[self.id_class[item]].touch_hits += 1
+        if observed and (self.watch or self.detail is not None):
+            self._fetched(key, item)
+        touched = touch_exptime is not None
+        if item == NIL:
+            self.miss(touched)
+            return NIL
+        if touched:
             self.set_exptime(item, self.abs_exptime(touch_exptime, now))
-        self._touched(item, now)
+        self.hit(item, now, touched)
         return item
 
+    def hit(self, item: int, now: int, touched: bool = False, bump: bool = True) -> None:
+        """Count a get (or touch) hit, and bump the item unless ``bump`` is False
+        (meta's u flag).  The one place these are counted, but for fetch_text's
+        inlined hot loop."""
+        if touched:
+            self.cmd_touch += 1
+            self.touch_hits += 1
+            self.slabs.classes[self.id_class[item]].touch_hits += 1
+        else:
+            self.cmd_get += 1
+            self.get_hits += 1
+            self.class_get_hits[self.id_class[item]] += 1
+        if bump:
+            self._touched(item, now)
+
+    def miss(self, touched: bool = False) -> None:
+        if touched:
+            self.cmd_touch += 1
+            self.touch_misses += 1
+        else:
+            self.cmd_get += 1
+            self.get_misses += 1
+
     def store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0,
-              counted: bool = True) -> int:
+              counted: bool = True, detail: bool = True) -> int:
         """set/add/replace/append/prepend/cas. Returns STORED, NOT_STORED,
-        EXISTS, NOT_FOUND, TOO_LARGE or NO_MEMORY; ``last_cas`` is the new CAS.
+        EXISTS, NOT_FOUND, TOO_LARGE or NO_MEMORY (``write`` also gives the
+        new CAS).
 
         ``counted=False`` stores without counting a ``cmd_set`` (meta's vivify
         on miss creates items that memcached does not count as sets)."""
-        result = self._store(mode, key, flags, exptime, value, cas, counted)
+        return self.write(mode, key, flags, exptime, value, cas, counted, detail)[0]
+
+    def write(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0,
+              counted: bool = True, detail: bool = True) -> tuple[int, int]:
+        """``store`` with its result record: (result, the new CAS or 0).
+
+        Owns the refusals: a value too large (counted in store_too_large), no
+        memory (store_no_memory; a failed set drops the old value so that it
+        cannot be served stale, as memcached does), and an append or prepend
+        whose combined value does not fit (NOT_STORED, uncounted).
+        ``detail=False``: not counted in `stats detail` (meta's ms)."""
+        if detail and self.detail is not None:
+            self.detail.record_set(key)
+        result, new_cas = self._store(mode, key, flags, exptime, value, cas, counted)
+        if result == NO_MEMORY:
+            if mode == APPEND or mode == PREPEND:
+                result = NOT_STORED
+            else:
+                self.store_no_memory += 1
+                if mode == SET:
+                    old = self.find(key)
+                    if old >= 0:
+                        self._unlink(old, key)
+        elif result == TOO_LARGE:
+            self.store_too_large += 1
         if self.watch:
             self._emit_store(mode, key, result, len(value))
-        return result
+        return result, new_cas
+
+    def refuse_too_large(self, key: bytes, drop_old: bool, counted: bool = True,
+                         detail: bool = True) -> None:
+        """A value refused before it was read (too large): counted (memcached's
+        binary protocol does not count it), and with ``drop_old`` the key's
+        current value is unlinked (not counted as a delete), so a client whose
+        set failed does not read the old one."""
+        if counted:
+            self.store_too_large += 1
+        if detail and self.detail is not None:
+            self.detail.record_set(key)
+        if drop_old:
+            old = self.find(key)
+            if old >= 0:
+                self._unlink(old, key)
 
     def _store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int,
-               counted: bool) -> int:
-        self.last_cas = 0
+               counted: bool) -> tuple[int, int]:
         if self.too_large(len(key), len(value), flags):
-            return TOO_LARGE
+            return TOO_LARGE, 0
         now = self.clock()
         old = self.find(key, now)
         if counted:
@@ -552,47 +646,46 @@ class ItemStore:
             if old >= 0:
                 # memcached bumps the existing item on a failed add
                 self._touched_update(old, now)
-                return NOT_STORED
+                return NOT_STORED, 0
         elif mode == REPLACE:
             if old < 0:
-                return NOT_STORED
+                return NOT_STORED, 0
         elif mode == CAS:
             if old < 0:
                 self.cas_misses += 1
-                return NOT_FOUND
+                return NOT_FOUND, 0
             if self.cas[old] != cas:
                 self.cas_badval += 1
                 self.slabs.classes[self.id_class[old]].cas_badval += 1
-                return EXISTS
+                return EXISTS, 0
             self.cas_hits += 1
             self.slabs.classes[self.id_class[old]].cas_hits += 1
         else:  # APPEND / PREPEND keep the old flags and expiry
             if old < 0:
-                return NOT_STORED
+                return NOT_STORED, 0
             if cas and self.cas[old] != cas:
-                return EXISTS
+                return EXISTS, 0
             current = self.value_of(old)
             value = current + bytes(value) if mode == APPEND else bytes(value) + current
             if self.too_large(len(key), len(value), self.flags[old]):
-                return NOT_STORED    # memcached: the allocation fails inside the store
+                return NOT_STORED, 0    # memcached: the allocation fails inside the store
 
             return self._store_new(old, key, self.flags[old], self.exptime[old], value, now)
         exp = self.abs_exptime(exptime, now)
         # (under -M memcached refuses a replacement when no chunk is free; the
         # in-place path would hide that, so it is only taken with evictions on)
         if old >= 0 and self.settings.evictions and self._overwrite(old, key, flags, exp, value, now):
-            self.last_cas = self.cas[old]
-            return STORED
+            return STORED, self.cas[old]
         return self._store_new(old, key, flags, exp, value, now)
 
-    def _store_new(self, old: int, key: bytes, flags: int, exp: int, value, now: int) -> int:
+    def _store_new(self, old: int, key: bytes, flags: int, exp: int, value,
+                   now: int) -> tuple[int, int]:
         """Write the item to a new chunk and put it in place of ``old`` (or -1)."""
         new = self._write(key, flags, exp, value, now)
         if new < 0:
-            return NO_MEMORY
+            return NO_MEMORY, 0
         self._replace(old, new, key)
-        self.last_cas = self.cas[new]
-        return STORED
+        return STORED, self.cas[new]
 
     def _overwrite(self, item: int, key: bytes, flags: int, exp: int, value, now: int) -> bool:
         """Replace an item's value in its own chunk when the new one fits the
@@ -633,36 +726,85 @@ class ItemStore:
             self.atime[item] = now
             self.lru.bump(self.id_class[item], item)
 
-    def delete(self, key: bytes, cas: int = 0) -> int:
-        """DELETED, NOT_FOUND, or EXISTS (CAS given and different)."""
+    def delete(self, key: bytes, cas: int = 0, detail: bool = True,
+               bad_cas_is_miss: bool = False) -> int:
+        """DELETED, NOT_FOUND, or EXISTS (CAS given and different).
+        ``detail=False``: not counted in `stats detail`; ``bad_cas_is_miss``:
+        a CAS mismatch counts a delete miss (both meta's md, as memcached)."""
+        if detail and self.detail is not None:
+            self.detail.record_delete(key)
         item = self.find(key)
         if item < 0:
             self.delete_misses += 1
             return NOT_FOUND
         if cas and self.cas[item] != cas:
+            if bad_cas_is_miss:
+                self.delete_misses += 1
             return EXISTS
         self.delete_hits += 1
         self.slabs.classes[self.id_class[item]].delete_hits += 1
         self._unlink(item, key)
         return DELETED
 
+    def invalidate_stale(self, key: bytes, cas: int = 0, exptime: int | None = None) -> int:
+        """Meta's md with I: keep the item but mark it stale (served with X,
+        one client told to recache with W), give it a new CAS and optionally
+        a new expiry.  DELETED, NOT_FOUND or EXISTS (CAS given and different),
+        misses counted as md counts them."""
+        now = self.clock()
+        item = self.find(key, now)
+        if item < 0 or (cas and self.cas[item] != cas):
+            self.delete_misses += 1
+            return NOT_FOUND if item < 0 else EXISTS
+        if exptime is not None:
+            self.set_exptime(item, exptime)
+        self.iflags[item] = (self.iflags[item] | STALE) & ~WIN_SENT
+        self.invalidate(item, key)
+        self.cas[item] = self.new_cas()
+        return DELETED
+
     def incr_decr(self, key: bytes, delta: int, incr: bool, cas: int = 0):
         """(STORED, new value) or (NOT_FOUND | NON_NUMERIC | EXISTS | NO_MEMORY, None)."""
+        return self.arith(key, delta, incr, cas)[:2]
+
+    def arith(self, key: bytes, delta: int, incr: bool, cas: int = 0, create=None):
+        """incr/decr with its result record: (result, value, new CAS, created).
+
+        result is STORED (value: the new number), NOT_FOUND, NON_NUMERIC (an
+        empty value is, before any CAS test, as memcached checks it), EXISTS
+        (``cas`` given and different) or NO_MEMORY.  ``create=(initial,
+        exptime)`` makes a miss create the item holding ``initial`` (binary
+        incr with an expiry, meta's N): then no miss is counted, nor a set.
+        A miss that cannot be created is NOT_STORED.
+
+        (memcached rewrites in place only when no one else holds a reference
+        to the item, e.g. a reply still being sent; memd always can.)"""
         now = self.clock()
         item = self.find(key, now)
         if item < 0:
-            if incr:
-                self.incr_misses += 1
-            else:
-                self.decr_misses += 1
-            return NOT_FOUND, None
-        if cas and self.cas[item] != cas:
-            return EXISTS, None
+            if create is None:
+                if incr:
+                    self.incr_misses += 1
+                else:
+                    self.decr_misses += 1
+                return NOT_FOUND, None, 0, False
+            initial, exptime = create
+            digits = b"%d" % initial
+            result, new_cas = self._store(ADD, key, 0, exptime, digits, 0, False)
+            if self.watch:
+                self._emit_store(ADD, key, result, len(digits))
+            if result != STORED:
+                return NOT_STORED, None, 0, False       # (no memory: nothing else can refuse it)
+            return STORED, initial, new_cas, True
         vlen = self.vlen[item]
+        if not vlen:
+            return NON_NUMERIC, None, 0, False
+        if cas and self.cas[item] != cas:
+            return EXISTS, None, 0, False
         # C reads the number up to a NUL, so "5\0abc" is 5 there too
-        current = strtoull(self.value_of(item).split(b"\0", 1)[0]) if vlen else None
+        current = strtoull(self.value_of(item).split(b"\0", 1)[0])
         if current is None:
-            return NON_NUMERIC, None
+            return NON_NUMERIC, None, 0, False
         cls = self.slabs.classes[self.id_class[item]]
         if incr:
             value = (current + delta) & 0xFFFFFFFFFFFFFFFF
@@ -673,35 +815,27 @@ class ItemStore:
             self.decr_hits += 1
             cls.decr_hits += 1
         digits = b"%d" % value
-        self._touched(item, now)
+        # memcached reads the item with DONT_UPDATE (no fetched mark) and
+        # then bumps it (do_item_update)
+        self._touched_update(item, now)
         if len(digits) <= vlen:
             # memcached rewrites in place, padding with spaces to the old length
             off = self.id_offset[item] + self.vstart[item]
             self.invalidate(item, key)
             self.pages[self.id_page[item]][off:off + vlen] = digits.ljust(vlen)
             self.cas[item] = self.new_cas()
-            self.last_cas = self.cas[item]
-            return STORED, value
+            return STORED, value, self.cas[item], False
         new = self._write(key, self.flags[item], self.exptime[item], digits, now)
         if new < 0:
-            return NO_MEMORY, None
+            return NO_MEMORY, None, 0, False
         self._replace(item, new, key)
-        self.last_cas = self.cas[new]
-        return STORED, value
+        return STORED, value, self.cas[new], False
 
     def touch(self, key: bytes, exptime: int) -> int:
-        """The item with its expiry replaced, or -1."""
-        now = self.clock()
-        self.cmd_touch += 1
-        item = self.find(key, now)
-        if item < 0:
-            self.touch_misses += 1
-            return NIL
-        self.touch_hits += 1
-        self.slabs.classes[self.id_class[item]].touch_hits += 1
-        self.set_exptime(item, self.abs_exptime(exptime, now))
-        self._touched(item, now)
-        return item
+        """The item with its expiry replaced, or -1.  Counted as a touch; a
+        dead item met counts in get_expired/get_flushed, as every memcached
+        lookup does (not a fetch for watchers or `stats detail`)."""
+        return self._lookup(key, exptime, False)
 
     def flush_all(self, delay: int = 0) -> None:
         """Invalidate everything stored before now (or before now + delay)."""

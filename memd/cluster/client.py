@@ -37,6 +37,9 @@ Membership comes from a static list, an ElastiCache configuration endpoint
 (``config get cluster`` polled every ``poll_interval`` s, falling back to
 any known member when the endpoint is down), or a DNS name whose A records
 are the nodes. The ring is swapped whole on a change; no restart needed.
+A node's identity on the ring is its ``host:port`` name, never its address:
+a ``host|ip|port`` entry is connected to at ``ip`` (or the name when the IP
+field is empty), and a node announced at a new address keeps its keys.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ SETTLE_BATCH = 512
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
 
 
+class _Superseded(Exception):
+    """The sweep's ring change is over (closed, or a newer change)."""
+
+
 class NoLiveNodes(MemcacheError):
     """Every node of the cluster is dead or none is known."""
 
@@ -93,6 +100,8 @@ class _RawSerde:
 #: First probe of a dead node after this many seconds; the interval doubles
 #: up to ``dead_timeout`` while probes fail.
 FIRST_PROBE = 1.0
+#: How long the warm-up sweep keeps retrying a node that refuses its key listing.
+SWEEP_RETRY_SECONDS = 30.0
 
 
 class _Health:
@@ -109,11 +118,11 @@ class _Health:
 class _View:
     """An immutable routing snapshot: readers use whichever one they grabbed."""
 
-    __slots__ = ("ring", "live", "dead", "prev", "until", "replicas", "remap", "simple")
+    __slots__ = ("ring", "live", "dead", "prev", "replicas", "remap", "simple")
 
-    def __init__(self, ring, live, dead, prev, until, replicas, remap) -> None:
+    def __init__(self, ring, live, dead, prev, replicas, remap) -> None:
         self.ring, self.live, self.dead = ring, live, dead
-        self.prev, self.until = prev, until
+        self.prev = prev
         self.replicas, self.remap = replicas, remap
         # One replica, every node live, no warm-up: the plain ring lookup.
         self.simple = replicas == 1 and not dead and prev is None
@@ -133,7 +142,11 @@ class _View:
         return [n for n in order[: self.replicas] if n in self.live]
 
     def warming(self) -> bool:
-        return self.prev is not None and time.monotonic() < self.until
+        # Not a clock check: the window ends when _end_window drops ``prev``,
+        # which waits for the sweep.  Ending it by the clock alone would stop
+        # warm-up reads, and the sweep's own moves, while keys still sit on
+        # their previous owners (a slow sweep on a busy machine).
+        return self.prev is not None
 
     def previous(self, kb: bytes) -> list[str]:
         """The key's live home nodes on the ring before the last change (warm-up).
@@ -146,12 +159,24 @@ class _View:
         return [n for n in self.prev.get_nodes(kb, self.replicas) if n in self.live]
 
 
-def _address(server: str | tuple[str, int]) -> str:
+def _member(server: str | tuple[str, int]) -> tuple[str, str]:
+    """``(identity, address)`` of one server as the caller or discovery gives it.
+
+    The identity (``host:port``) is what the ring hashes, so a key stays on
+    its node when the node's address changes; the address is where the
+    client connects.  ``host|ip|port`` (a ``config get cluster`` entry)
+    names the node by its host and connects to the IP when one is given.
+    """
     if isinstance(server, (tuple, list)):
         host, port = server
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    host, port = discovery.split_address(server)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        node = discovery.DiscoveredNode(host, "", int(port))
+    elif "|" in server:
+        host, ip, port = server.split("|")
+        node = discovery.DiscoveredNode(host, ip, int(port))
+    else:
+        host, port = discovery.split_address(server)
+        node = discovery.DiscoveredNode(host, "", port)
+    return node.name, node.address
 
 
 def _parse_ttl(line: bytes) -> int | None:
@@ -192,7 +217,7 @@ class ClusterClient:
             raise ValueError("failover must be 'remap' or 'miss'")
         if replicas < 1:
             raise ValueError("replicas must be >= 1")
-        servers = [_address(s) for s in servers]
+        servers = [_member(s) for s in servers]
         if sum(map(bool, (servers, config_endpoint, dns_name))) != 1:
             raise ValueError("give exactly one of servers, config_endpoint, dns_name")
         if ring == "xxhash":
@@ -234,6 +259,7 @@ class ClusterClient:
         self._lock = threading.Lock()
         self._members: list[str] = []
         self._clients: dict[str, PooledClient] = {}
+        self._addresses: dict[str, str] = {}  # identity -> where to connect
         self._health: dict[str, _Health] = {}
         self._prev_ring = None
         self._window_until = 0.0
@@ -241,7 +267,7 @@ class ClusterClient:
         self._sweeper: threading.Thread | None = None
         #: One entry per warm-up sweep: nodes listed, keys moved, finished or not.
         self.sweeps: list[dict[str, Any]] = []
-        self._view = _View(self._ring_factory(), frozenset(), frozenset(), None, 0.0,
+        self._view = _View(self._ring_factory(), frozenset(), frozenset(), None,
                            replicas, failover == "remap")
 
         if servers:
@@ -283,19 +309,42 @@ class ClusterClient:
 
     def set_servers(self, servers: Iterable[str | tuple[str, int]]) -> None:
         """Replace the membership by hand (what the pollers call)."""
-        self._set_members([_address(s) for s in servers])
+        self._set_members([_member(s) for s in servers])
 
-    def _set_members(self, addresses: list[str]) -> None:
+    def _connect(self, address: str) -> PooledClient:
+        return PooledClient(discovery.split_address(address), **self._client_kwargs)
+
+    def _set_members(self, members: list[tuple[str, str]]) -> None:
+        """Apply a membership of ``(identity, address)`` pairs.
+
+        The ring and everything keyed per node (health, journal, sweep) use
+        the identity; a node whose address changed keeps its place on the
+        ring and gets a fresh pool to its new address.
+        """
         closing = []
+        names = [name for name, _ in members]
         with self._lock:
-            if set(addresses) == set(self._members):
+            if set(names) == set(self._members) and all(
+                    self._addresses.get(name) == address for name, address in members):
                 return
             clients, health = dict(self._clients), dict(self._health)
-            for a in addresses:
-                if a not in clients:
-                    host, port = discovery.split_address(a)
-                    clients[a] = PooledClient((host, port), **self._client_kwargs)
-                    health[a] = _Health()
+            addresses = dict(self._addresses)
+            for name, address in members:
+                if name in clients and addresses[name] == address:
+                    continue
+                if name in clients:
+                    log.info("cluster member %s moved: %s -> %s", name, addresses[name], address)
+                    closing.append(clients[name])
+                clients[name] = self._connect(address)
+                addresses[name] = address
+                # A new address is a new process: its old failures say nothing.
+                health[name] = _Health()
+            self._clients, self._health, self._addresses = clients, health, addresses
+            if set(names) == set(self._members):
+                self._rebuild_view_locked()
+                for client in closing:
+                    client.close()
+                return  # only addresses moved: same ring, nothing to warm up
             sweep = None
             if self._members and self.warmup > 0:
                 # Warm-up: the ring before the change keeps being read on
@@ -304,13 +353,13 @@ class ClusterClient:
                 self._window_until = time.monotonic() + self.warmup
                 sweep = self._prev_ring
             else:
-                for a in [a for a in clients if a not in addresses]:
+                for a in [a for a in clients if a not in names]:
                     closing.append(clients.pop(a))
-                    del health[a]
-            self._clients, self._health = clients, health
-            self._members = list(addresses)
+                    del health[a], addresses[a]
+            self._members = names
             self._rebuild_view_locked()
-        log.info("cluster membership: %s", ", ".join(addresses))
+        log.info("cluster membership: %s", ", ".join(
+            n if a == n else f"{n} at {a}" for n, a in members))
         for client in closing:
             client.close()
         if sweep is not None:
@@ -321,11 +370,11 @@ class ClusterClient:
     def _rebuild_view_locked(self) -> None:
         ring = self._ring_factory()
         ring.set_nodes(self._members)
-        prev = self._prev_ring if time.monotonic() < self._window_until else None
+        prev = self._prev_ring
         reachable = set(self._members) | (set(prev.nodes) if prev is not None else set())
         dead = frozenset(a for a in reachable if self._health[a].dead_until is not None)
         live = frozenset(a for a in reachable if a not in dead)
-        self._view = _View(ring, live, dead & set(self._members), prev, self._window_until,
+        self._view = _View(ring, live, dead & set(self._members), prev,
                            self.replicas, self.failover == "remap")
 
     def _end_window(self) -> None:
@@ -338,10 +387,11 @@ class ClusterClient:
             self._prev_ring = None
             gone = [a for a in self._clients if a not in self._members]
             clients, health = dict(self._clients), dict(self._health)
+            addresses = dict(self._addresses)
             closing = [clients.pop(a) for a in gone]
             for a in gone:
-                del health[a]
-            self._clients, self._health = clients, health
+                del health[a], addresses[a]
+            self._clients, self._health, self._addresses = clients, health, addresses
             self._rebuild_view_locked()
         for a in gone:
             self._journal.forget_node(a)
@@ -354,13 +404,14 @@ class ClusterClient:
             # The endpoint first; any member next, since every node answers
             # config get cluster and the endpoint may be the node that died.
             info = discovery.fetch_first(
-                [self.config_endpoint, *self._members], timeout=self._probe_timeout)
+                [self.config_endpoint, *(self._addresses[n] for n in self._members)],
+                timeout=self._probe_timeout)
             self.config_version = info.version
-            self._set_members(info.addresses)
+            self._set_members([(n.name, n.address) for n in info.nodes])
         elif self.dns_name:
             found = discovery.resolve_dns(self.dns_name, self.dns_port)
             if found:
-                self._set_members(found)
+                self._set_members([_member(s) for s in found])
 
     # ------------------------------------------------------------------ health
     def _record_failure(self, node: str) -> None:
@@ -397,9 +448,7 @@ class ClusterClient:
             # Pooled sockets to the process that died would each fail once
             # and mark the node dead again: start with a fresh pool.
             stale = self._clients[node]
-            host, port = discovery.split_address(node)
-            self._clients = {**self._clients,
-                             node: PooledClient((host, port), **self._client_kwargs)}
+            self._clients = {**self._clients, node: self._connect(self._addresses[node])}
             health.failures, health.dead_until = 0, None
             health.revived_at = time.monotonic()
             self._rebuild_view_locked()
@@ -407,7 +456,10 @@ class ClusterClient:
         log.info("node %s is back", node)
 
     def _probe(self, node: str) -> bool:
-        host, port = discovery.split_address(node)
+        address = self._addresses.get(node)
+        if address is None:
+            return False  # no longer a member
+        host, port = discovery.split_address(address)
         try:
             with socket.create_connection((host, port), timeout=self._probe_timeout) as sock:
                 sock.sendall(b"version\r\n")
@@ -676,28 +728,46 @@ class ClusterClient:
         self.sweeps.append(record)
         started = time.monotonic()
         for node in prev_ring.nodes:
-            if self._stop.is_set() or self._prev_ring is not prev_ring:
-                return  # closed, or a newer change started its own sweep
-            if node not in self._view.live:
-                continue
-            try:
-                for kb in metadump_keys(node, self._probe_timeout, max(5.0, self._probe_timeout)):
-                    if self._stop.is_set() or self._prev_ring is not prev_ring:
-                        return
-                    view = self._view
-                    if node in view.serving(kb) or node not in view.previous(kb):
-                        continue
-                    try:
-                        record["moved"] += self._move(kb, kb, node)
-                    except (*NODE_ERRORS, MemcacheError) as exc:
-                        log.warning("warm-up sweep: %r not moved off %s: %s", kb, node, exc)
-            except Exception as exc:  # a background thread must not die on one node
-                log.warning("warm-up sweep: cannot list the keys of %s: %s", node, exc)
-                continue
-            record["nodes"] += 1
+            # A refused or broken listing is retried: memcached answers BUSY
+            # while its LRU crawler runs (an automatic crawl, or another
+            # client's metadump), and a node skipped here would keep the
+            # keys that left it as orphans past the window.
+            delay, deadline = 0.05, time.monotonic() + SWEEP_RETRY_SECONDS
+            while True:
+                if self._stop.is_set() or self._prev_ring is not prev_ring:
+                    return  # closed, or a newer change started its own sweep
+                if node not in self._view.live:
+                    break
+                try:
+                    self._sweep_node(node, prev_ring, record)
+                    record["nodes"] += 1
+                    break
+                except _Superseded:
+                    return
+                except Exception as exc:  # a background thread must not die on one node
+                    if time.monotonic() >= deadline:
+                        log.warning("warm-up sweep: gave up listing the keys of %s: %s", node, exc)
+                        break
+                    log.info("warm-up sweep: listing %s again: %s", node, exc)
+                    self._stop.wait(delay)
+                    delay = min(1.0, delay * 2)
         record["finished"], record["seconds"] = True, time.monotonic() - started
         log.info("warm-up sweep: %d keys moved off %d nodes in %.1f s",
                  record["moved"], record["nodes"], record["seconds"])
+
+    def _sweep_node(self, node: str, prev_ring: Any, record: dict[str, Any]) -> None:
+        """Move the keys that left ``node``, counting them in ``record`` as it goes."""
+        for kb in metadump_keys(self._addresses[node], self._probe_timeout,
+                                max(5.0, self._probe_timeout)):
+            if self._stop.is_set() or self._prev_ring is not prev_ring:
+                raise _Superseded
+            view = self._view
+            if node in view.serving(kb) or node not in view.previous(kb):
+                continue
+            try:
+                record["moved"] += self._move(kb, kb, node)
+            except (*NODE_ERRORS, MemcacheError) as exc:
+                log.warning("warm-up sweep: %r not moved off %s: %s", kb, node, exc)
 
     def _decode(self, key: Any, got: tuple[bytes, int]) -> Any:
         return got[0] if self._plain else self._serde.deserialize(key, got[0], got[1])

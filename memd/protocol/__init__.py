@@ -1,8 +1,10 @@
-"""Sans-IO protocol implementations: bytes in, reply bytes out.
+"""Sans-IO protocol implementations: bytes in, reply chunks out.
 
-What the server relies on, for every protocol object: ``feed(data) -> bytes``,
-``closed`` (close after sending), ``fd`` (set by the server), and ``stream``
-(None, or an iterator of reply chunks to send before calling ``resume()``).
+What the server relies on, for every protocol object, is
+``memd.protocol.wire.Connection``'s contract: ``receive(data)`` and
+``resume()`` returning reply chunks, ``blocked``, ``closed``, ``fd`` (set by
+the server) and ``held_bytes()``.  docs/design.md has the layers and the
+connection life cycle.
 
 ``protocol_for`` picks one for a new connection from its first byte, as
 memcached does: 0x80 is the binary protocol's request magic, anything else

@@ -1,8 +1,10 @@
 """memcached's binary protocol, sans-IO.
 
-``BinaryProtocol.feed(data)`` consumes whatever bytes arrived and returns
+``BinaryProtocol.receive(data)`` consumes whatever bytes arrived and returns
 the response frames of every request they completed; ``closed`` tells the
-server to hang up once those are sent.
+server to hang up once those are sent.  The input side (receive buffer,
+output bound, swallowing) is memd.protocol.wire's, shared with the text
+protocol; docs/design.md has the whole picture.
 
 Frames are 24-byte headers (magic, opcode, key length, extras length, data
 type, vbucket/status, total body, opaque, CAS) then extras, key, value.
@@ -24,7 +26,9 @@ because clients meet the implementation rather than the wiki page:
 - Quiet variants are silent on success (and GetQ/GATQ on a miss); errors
   are always sent.
 - With authentication on, only SASL and Version are taken before a SASL
-  PLAIN success; anything else gets "Auth failure." and a close.
+  PLAIN success; anything else gets "Auth failure." and a close.  So does,
+  on purpose unlike memcached, a body over 4 KiB before authentication
+  (memcached reads a SASL body up to its item size limit).
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ import struct
 
 from .. import stats as stats_mod
 from ..cache import store as st
+from .wire import KEY_MAX, PREAUTH_INPUT, Connection
 
 REQ_MAGIC = 0x80
 RES_MAGIC = 0x81
 HEADER = struct.Struct(">BBHBBHIIQ")
 HEADER_LEN = 24
-KEY_MAX = 250
 MAX_SASL_MECH_LEN = 32
 NO_CREATE = 0xFFFFFFFF        # incr/decr expiry meaning "do not create on a miss"
 
@@ -88,68 +92,45 @@ FIRST_YIELD = 21
 YIELD_EVERY = 20
 
 
-class BinaryProtocol:
-    """One binary connection's parser and command dispatcher."""
+class BinaryProtocol(Connection):
+    """One binary connection's reader (a header, then the rest of its frame)
+    and command dispatcher."""
 
     def __init__(self, node) -> None:
-        self.node = node
-        self.store = node.store
-        self.closed = False
-        self.out: list[bytes] = []
+        super().__init__(node)
         self._mark = 0                 # replies before this index are "flushed"
-        self._requests = 0             # requests parsed in the current feed
-        self.commands = 0              # requests parsed, ever (the server's idle clock)
-        self.stream = None             # binary replies never stream
-        self.fd = 0
-        self._pending: list[bytes] = []  # input gathered until _need bytes are in
-        self._pending_len = 0
-        self._need = 0
-        self._swallow = 0              # bytes still to discard
-        self.authenticated = node.auth is None
+        self._requests = 0             # requests parsed in the current read
+        self._need = 0                 # bytes the frame being read needs
         self._sasl_state = 0           # 0 none, 1 PLAIN started (awaiting step), 2 done
         # the request being handled
         self.opcode = 0
         self.opaque = 0
 
+    def _reading_value(self) -> bool:
+        return self._need > HEADER_LEN
+
     # -- input -------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> bytes:
-        if self.closed:
-            return b""
+    def receive(self, data) -> list:
         self._mark = 0
         self._requests = 0
-        if self._swallow:
-            n = len(data)
-            if n <= self._swallow:
-                self._swallow -= n
-                return b""
-            data = data[self._swallow:]
-            self._swallow = 0
-        if self._pending:
-            # gather chunks; join once when the awaited frame is complete
-            self._pending.append(data)
-            self._pending_len += len(data)
-            if self._pending_len < self._need:
-                return b""
-            data = b"".join(self._pending)
-            self._pending = []
-            self._pending_len = 0
-        self._parse(data)
-        out = self.out
-        if not out:
-            return b""
-        reply = b"".join(out)
-        out.clear()
-        return reply
+        return super().receive(data)
+
+    def resume(self) -> list:
+        self._mark = 0                 # (the replies before were sent)
+        self._requests = 0
+        return super().resume()
+
+    def _receive_more(self, data):
+        rbuf = self.rbuf
+        rbuf.add(data)
+        return rbuf.take() if len(rbuf) >= self._need else None
 
     def _wait(self, buf: bytes, pos: int, need: int) -> None:
-        rest = buf[pos:]
-        self._pending = [rest]
-        self._pending_len = len(rest)
+        self.rbuf.keep(buf, pos)
         self._need = need
 
-    def _parse(self, buf: bytes) -> None:
-        pos = 0
+    def _parse(self, buf: bytes, pos: int) -> None:
         n = len(buf)
         while pos < n and not self.closed:
             if n - pos < HEADER_LEN:
@@ -160,6 +141,13 @@ class BinaryProtocol:
             if magic != REQ_MAGIC:
                 # memcached closes at once: replies it had not flushed are lost
                 del self.out[self._mark:]
+                self.closed = True
+                return
+            if not self.authenticated and bodylen > PREAUTH_INPUT:
+                # no credential is this long: an unauthenticated peer does not
+                # get to make the node hold a body up to the item size limit
+                self.opcode, self.opaque = opcode, opaque
+                self._error(AUTH_ERROR)
                 self.closed = True
                 return
             head = HEADER_LEN + extlen + keylen
@@ -194,42 +182,29 @@ class BinaryProtocol:
                     return
                 if self._refuse_value(cmd, key, vlen):
                     pos += head
-                    if self._swallow:
-                        avail = n - pos
-                        if avail >= self._swallow:
-                            pos += self._swallow
-                            self._swallow = 0
-                            continue
-                        self._swallow -= avail
-                        return
-                    continue
-                end = pos + HEADER_LEN + bodylen
-                if end > n:
-                    self._wait(buf, pos, HEADER_LEN + bodylen)
-                    return
-                handler[1](self, cmd, quiet, extras, key, buf[pos + head:end], cas)
-                pos = end
-                self._after_request()
-                continue
-            pos += head
-            handler = _COMMANDS.get(cmd)
-            if handler is None:
-                # memcached swallows the whole body length after the key
-                self._error(UNKNOWN_COMMAND, swallow=bodylen)
-            elif not handler[0](extlen, keylen, bodylen):
-                self._protocol_error()
-                return
-            else:
-                handler[1](self, cmd, quiet, extras, key, cas, bodylen - keylen)
-            if self._swallow:
-                avail = n - pos
-                if avail >= self._swallow:
-                    pos += self._swallow
-                    self._swallow = 0
                 else:
-                    self._swallow -= avail
+                    end = pos + HEADER_LEN + bodylen
+                    if end > n:
+                        self._wait(buf, pos, HEADER_LEN + bodylen)
+                        return
+                    handler[1](self, cmd, quiet, extras, key, buf[pos + head:end], cas)
+                    pos = end
+            else:
+                pos += head
+                handler = _COMMANDS.get(cmd)
+                if handler is None:
+                    # memcached swallows the whole body length after the key
+                    self._error(UNKNOWN_COMMAND, swallow=bodylen)
+                elif not handler[0](extlen, keylen, bodylen):
+                    self._protocol_error()
                     return
-            self._after_request()
+                else:
+                    handler[1](self, cmd, quiet, extras, key, cas, bodylen - keylen)
+            if self._swallow:
+                pos = self._swallowed(buf, pos)
+            if self.out_full():
+                self.hold(buf, pos)
+                return
 
     def _count_request(self) -> None:
         self.commands += 1
@@ -237,9 +212,6 @@ class BinaryProtocol:
         if c > FIRST_YIELD and (c - FIRST_YIELD - 1) % YIELD_EVERY == 0:
             # memcached yielded before this request, flushing what it had
             self._mark = len(self.out)
-
-    def _after_request(self) -> None:
-        pass
 
     def _refuse_value(self, cmd: int, key: bytes, vlen: int) -> bool:
         """Refuse a value before reading it, as memcached's item_alloc does."""
@@ -256,9 +228,8 @@ class BinaryProtocol:
                 return True
             return False
         if store.too_large(len(key), vlen):
+            store.refuse_too_large(key, cmd == SET, counted=False)
             self._error(E2BIG, swallow=vlen)
-            if cmd == SET:
-                store.delete(key)       # memcached drops the stale value on a failed set
             return True
         return False
 
@@ -300,18 +271,15 @@ class BinaryProtocol:
         mode = STORE_MODES[cmd]
         if cas and mode in (st.SET, st.ADD, st.REPLACE):
             mode = st.CAS
-        result = store.store(mode, key, flags, exptime, value, cas)
+        result, new_cas = store.write(mode, key, flags, exptime, value, cas)
         if result == st.STORED:
             if not quiet:
-                self._respond(cas=store.last_cas)
+                self._respond(cas=new_cas)
         elif result == st.EXISTS:
             self._error(KEY_EEXISTS)
         elif result == st.NOT_FOUND:
             self._error(KEY_ENOENT)
-        elif result == st.NO_MEMORY and mode != st.APPEND and mode != st.PREPEND:
-            self.node.counters["store_no_memory"] += 1
-            if cmd == SET:
-                store.delete(key)
+        elif result == st.NO_MEMORY:
             self._error(ENOMEM, b"Out of memory allocating item")
         elif cmd == ADD:
             self._error(KEY_EEXISTS)
@@ -339,7 +307,7 @@ class BinaryProtocol:
             else:
                 result = AUTH_ERROR          # no exchange in progress
         if result == OK:
-            self.authenticated = True
+            self.now_authenticated()
             counters["auth_cmds"] += 1
             self._respond(value=b"Authenticated")
         elif result == AUTH_CONTINUE:
@@ -393,37 +361,20 @@ class BinaryProtocol:
             self._error(KEY_ENOENT)
 
     def do_arith(self, cmd, quiet, extras, key, cas, _rest) -> None:
-        store = self.store
         delta, initial, exptime = _INCR_EXTRAS.unpack(extras)
-        item = store.find(key)
-        if item >= 0 and store.vlen[item] == 0:
-            self._error(DELTA_BADVAL)        # memcached tests this before the CAS
-            return
-        result, value = store.incr_decr(key, delta, cmd == INCR, cas)
+        result, value, new_cas, _ = self.store.arith(
+            key, delta, cmd == INCR, cas, None if exptime == NO_CREATE else (initial, exptime))
         if result == st.STORED:
             if not quiet:
-                self._respond(cas=store.last_cas, value=_U64.pack(value))
+                self._respond(cas=new_cas, value=_U64.pack(value))
         elif result == st.NOT_FOUND:
-            if exptime == NO_CREATE:
-                self._error(KEY_ENOENT)
-                return
-            # memcached counts a miss only when it does not create the item
-            if cmd == INCR:
-                store.incr_misses -= 1
-            else:
-                store.decr_misses -= 1
-            result = store.store(st.ADD, key, 0, exptime, b"%d" % initial)
-            if result == st.STORED:
-                if not quiet:
-                    self._respond(cas=store.last_cas, value=_U64.pack(initial))
-            elif result == st.NO_MEMORY:
-                self._error(ENOMEM, b"Out of memory allocating new item")
-            else:
-                self._error(NOT_STORED)
+            self._error(KEY_ENOENT)
         elif result == st.NON_NUMERIC:
             self._error(DELTA_BADVAL)
         elif result == st.EXISTS:
             self._error(KEY_EEXISTS)
+        elif result == st.NOT_STORED:
+            self._error(ENOMEM, b"Out of memory allocating new item")
         else:
             self._error(ENOMEM, b"Out of memory incrementing value")
 
@@ -460,18 +411,16 @@ class BinaryProtocol:
         if not key:
             self._stats(stats_mod.general(node))
         elif key.startswith(b"reset"):
-            self.store.reset_stats()
-            for k in node.counters:
-                node.counters[k] = 0
-            node.total_connections = node.rejected_connections = 0
+            node.reset_stats()
             self._stats([])
         elif key.startswith(b"settings"):
             self._stats(stats_mod.settings(node))
         elif key.startswith(b"detail"):
             sub = key[6:]
             if sub.startswith(b" dump"):
-                self._stats([("detailed", "END\r\n")])
+                self._stats([("detailed", node.stats_detail(b"dump").decode("latin-1"))])
             elif sub.startswith(b" on") or sub.startswith(b" off"):
+                node.stats_detail(sub[1:3] if sub.startswith(b" on") else b"off")
                 self._stats([])
             else:
                 self._error(KEY_ENOENT)

@@ -1,5 +1,8 @@
 """memcached's meta commands (mg, ms, md, ma, me); mn is answered by the text parser.
 
+They parse their flags, call the store (which owns the counting, see
+docs/design.md) and render the reply.
+
 Behaviour follows memcached 1.6.18 as it answers on the wire (checked by
 sending it bytes), not protocol.txt where the two differ:
 
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 from ..cache import store as st
 from ..numbers import strtol32
+from .wire import KEY_MAX
 from .meta_flags import (
-    BAD_FORMAT, KEY_BINARY, KEY_MAX, MAX_TOKENS, OPAQUE_MAX, b64decode,
+    BAD_FORMAT, KEY_BINARY, MAX_TOKENS, OPAQUE_MAX, b64decode,
     b64encode, key_token, memcached_class, memcached_size, preparse,
 )
 
@@ -80,18 +84,6 @@ class MetaCommands:
 
     # -- helpers ------------------------------------------------------------------
 
-    def _find(self, key: bytes, now: int) -> int:
-        # counts expired/flushed items met, as memcached's get does
-        return self.store.find_for_get(key, now)
-
-    def _bump(self, item: int, now: int) -> None:
-        """memcached's do_item_bump: fetched, and moved up at most once a minute."""
-        store = self.store
-        store.iflags[item] |= FETCHED
-        if now - store.atime[item] >= store.settings.bump_interval:
-            store.atime[item] = now
-            store.lru.bump(store.id_class[item], item)
-
     def _item_key(self, item: int) -> bytes:
         store = self.store
         key = store.key_of(item)
@@ -131,16 +123,15 @@ class MetaCommands:
                 out.append(err)
                 return
             key = f.key
-        item = self._find(key, now)
+        item = store.find_for_get(key, now)
         created = False
         if item < 0 and f is not None and f.vivify:
-            if store.store(st.SET, key, 0, 0, b"", counted=False) == st.STORED:
+            if store.store(st.SET, key, 0, 0, b"", counted=False, detail=False) == st.STORED:
                 # (memcached links the stub without counting a set)
                 item = store.find(key, now)
                 created = item >= 0
         if item < 0:
-            store.cmd_get += 1
-            store.get_misses += 1
+            store.miss()
             if f is None:
                 out.append(b"EN\r\n")
                 return
@@ -215,17 +206,7 @@ class MetaCommands:
         else:
             parts.append(b"\r\n")
         out.append(b"".join(parts))
-        if f is None or not f.no_update:
-            self._bump(item, now)
-        cls = store.id_class[item]
-        if ttl_set:
-            store.cmd_touch += 1
-            store.touch_hits += 1
-            store.slabs.classes[cls].touch_hits += 1
-        else:
-            store.cmd_get += 1
-            store.get_hits += 1
-            store.class_get_hits[cls] += 1
+        store.hit(item, now, touched=ttl_set, bump=f is None or not f.no_update)
 
     # -- ms -------------------------------------------------------------------------
 
@@ -263,10 +244,8 @@ class MetaCommands:
             return self._ms_refuse(proto, OPAQUE_LONG, vlen)
         key = f.key
         if store.too_large(len(key), vlen):
-            self.node.counters["store_too_large"] += 1
-            item = store.find(key, now)
-            if item >= 0:
-                store.drop(item)         # memcached drops the old value on a refused set
+            # memcached drops the old value on a refused ms, whatever its mode
+            store.refuse_too_large(key, True, detail=False)
             return self._ms_refuse(proto, TOO_LARGE, vlen)
 
         def on_data(block: bytes) -> None:
@@ -293,21 +272,17 @@ class MetaCommands:
                 stale_store = True
                 old_exp = store.exptime[old]
                 old_flags = store.iflags[old]
-                result = store.store(st.SET, key, f.client_flags, 0, value)
+                result, cas = store.write(st.SET, key, f.client_flags, 0, value, detail=False)
             else:
-                result = store.store(mode, key, f.client_flags, f.ttl_raw, value, f.cas)
+                result, cas = store.write(mode, key, f.client_flags, f.ttl_raw, value, f.cas,
+                                          detail=False)
         else:
-            result = store.store(mode, key, f.client_flags, f.ttl_raw, value, f.cas)
+            result, cas = store.write(mode, key, f.client_flags, f.ttl_raw, value, f.cas,
+                                      detail=False)
         if result == st.TOO_LARGE or result == st.NO_MEMORY:
-            if mode in (st.APPEND, st.PREPEND):
-                result = st.NOT_STORED   # memcached: the combined value did not fit
-            else:
-                self.node.counters["store_no_memory"] += 1
-                proto.out.append(NO_MEMORY)
-                return
-        cas = 0
+            proto.out.append(NO_MEMORY)
+            return
         if result == st.STORED:
-            cas = store.last_cas
             # memcached 1.6.18 builds an appended item afresh without the
             # binary-key mark, even when the append itself came with b
             binary = f.binary and mode not in (st.APPEND, st.PREPEND)
@@ -368,21 +343,17 @@ class MetaCommands:
             out.append(OPAQUE_LONG)
             return
         key = f.key
-        item = store.find(key, now)
-        if item < 0:
-            store.delete_misses += 1
+        if f.set_stale:
+            result = store.invalidate_stale(key, f.cas if f.has_cas else 0,
+                                            f.exptime if f.new_ttl else None)
+        else:
+            result = store.delete(key, f.cas if f.has_cas else 0, detail=False,
+                                  bad_cas_is_miss=True)
+        if result == st.NOT_FOUND:
             status = b"NF"
-        elif f.has_cas and store.cas[item] != f.cas:
-            store.delete_misses += 1
+        elif result == st.EXISTS:
             status = b"EX"
         else:
-            if f.set_stale:
-                if f.new_ttl:
-                    store.set_exptime(item, f.exptime)
-                store.iflags[item] = (store.iflags[item] | STALE) & ~WIN_SENT
-                store.cas[item] = store.new_cas()
-            else:
-                store.delete(key)
             if f.no_reply:
                 return
             status = b"HD"
@@ -407,43 +378,29 @@ class MetaCommands:
             out.append(MA_BAD_MODE)
             return
         key = f.key
-        item = store.find(key, now)
         created = False
         status = None
         digits = b""
-        if item < 0:
-            if f.vivify:
-                digits = b"%d" % f.initial
-                result = store.store(st.ADD, key, 0, 0, digits, counted=False)
-                if result == st.STORED:
-                    item = store.find(key, now)
-                    created = True
-                elif result == st.NO_MEMORY:
-                    out.append(b"SERVER_ERROR Out of memory allocating new item\r\n")
-                    return
-                else:
-                    status = b"NS"
-            else:
-                if incr:
-                    store.incr_misses += 1
-                else:
-                    store.decr_misses += 1
-                status = b"NF"
-        elif not store.vlen[item]:
-            out.append(NON_NUMERIC)
-            return
-        elif f.has_cas and f.cas and store.cas[item] != f.cas:
-            status = b"EX"
-        else:
-            result, value = store.incr_decr(key, f.delta, incr)
-            if result == st.NON_NUMERIC:
-                out.append(NON_NUMERIC)
-                return
-            if result != st.STORED:
-                out.append(ARITH_NO_MEMORY)
-                return
+        result, value, _, created = store.arith(key, f.delta, incr, f.cas if f.has_cas else 0,
+                                                (f.initial, 0) if f.vivify else None)
+        if result == st.STORED:
             digits = b"%d" % value
             item = store.find(key, now)
+        elif result == st.NOT_FOUND:
+            status = b"NF"
+            item = -1
+        elif result == st.EXISTS:
+            status = b"EX"
+            item = -1
+        elif result == st.NON_NUMERIC:
+            out.append(NON_NUMERIC)
+            return
+        elif result == st.NOT_STORED:
+            out.append(b"SERVER_ERROR Out of memory allocating new item\r\n")
+            return
+        else:
+            out.append(ARITH_NO_MEMORY)
+            return
         if status is None and item >= 0:
             if f.no_reply and not created:
                 # q hides a successful delta (not a vivify); T still applies

@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 
 from ..numbers import strtol32, strtoul32, strtoull
+from .wire import KEY_MAX
 
-KEY_MAX = 250
 MAX_TOKENS = 20              # memcached's MFLAG_MAX_OPT_LENGTH, counted with its end token
 OPAQUE_MAX = 32              # longest O token, the 'O' included
 

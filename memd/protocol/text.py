@@ -1,9 +1,11 @@
-"""memcached's classic text protocol, sans-IO.
+"""memcached's classic text protocol, sans-IO (docs/design.md).
 
-``TextProtocol.feed(data)`` takes whatever bytes arrived and returns the
-reply bytes of every command they completed, so the server can answer a
-whole pipelined read with one send.  Partial input is kept: an unfinished
-line, or a value still arriving over many reads.
+``TextProtocol.receive(data)`` takes whatever bytes arrived and returns the
+reply chunks of every command they completed, so the server can answer a
+whole pipelined read with one send.  Partial input waits in the
+connection's receive buffer (an unfinished line, or a value still arriving
+over many reads); past the output bound (memd.protocol.wire) parsing stops
+and the rest of the input waits unparsed until the replies are sent.
 
 Parsing follows memcached 1.6.18's proto_text.c rather than protocol.txt's
 prose wherever the two differ, because clients meet the implementation:
@@ -22,8 +24,8 @@ from .. import hotkeys, stats as stats_mod
 from ..watch import KINDS as WATCH_KINDS
 from ..cache import store as st
 from ..numbers import strtol32, strtoul32, strtoull
+from .wire import KEY_MAX, Connection
 
-KEY_MAX = 250
 MAX_TOKENS = 24
 LINE_MAX = 2048           # longest partial line memcached buffers before closing
 GET_LINE_MAX = 1 << 20    # bound for the long multi-get lines memcached does allow
@@ -57,34 +59,83 @@ def _uriencode(key: bytes) -> bytes:
     return quote_from_bytes(key, safe="").encode()
 
 
-def metadump(store, classes):
-    """`lru_crawler metadump` lines, a chunk at a time (the server streams them).
+METADUMP_STEP = 1024      # item ids a dump step looks at (~10 ms here); other clients go between
 
-    Walks item ids rather than LRU links so that items changing between
-    chunks (other clients keep being served) cannot break the walk.
-    ``size`` is reported as memcached computes it (its 56-byte header
+
+def metadump(store, classes):
+    """`lru_crawler metadump` lines, one bounded step at a time.
+
+    Each ``next()`` looks at no more than METADUMP_STEP item ids and returns
+    their lines (possibly none), so however large the store, one step is a
+    short pause and the server serves other clients between steps; the dump
+    is produced only as fast as its reader takes it.  Walks item ids rather
+    than LRU links so that items changing between steps cannot break the
+    walk.  ``size`` is reported as memcached computes it (its 56-byte header
     included) so tools reading dumps see the same numbers.
     """
     wanted = set(classes)
-    chunk = []
     i = 0
     while i < store.slabs.n_ids:
-        item = i
-        i += 1
-        if not store.iflags[item] & st.LINKED or store.id_class[item] not in wanted:
-            continue
-        if store.is_dead(item, store.clock()):
-            continue
-        exp = store.exptime[item]
-        chunk.append(b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n" % (
-            _uriencode(store.key_of(item)), exp if exp else -1, store.atime[item],
-            store.cas[item], b"yes" if store.iflags[item] & st.FETCHED else b"no",
-            store.id_class[item], st.MEMCACHED_ITEM_OVERHEAD + store.klen[item] + store.vlen[item]))
-        if len(chunk) >= 512:
+        chunk = []
+        stop = min(i + METADUMP_STEP, store.slabs.n_ids)
+        now = store.clock()
+        iflags, id_class = store.iflags, store.id_class
+        for item in range(i, stop):
+            if not iflags[item] & st.LINKED or id_class[item] not in wanted:
+                continue
+            if store.is_dead(item, now):
+                continue
+            exp = store.exptime[item]
+            chunk.append(b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n" % (
+                _uriencode(store.key_of(item)), exp if exp else -1, store.atime[item],
+                store.cas[item], b"yes" if iflags[item] & st.FETCHED else b"no",
+                id_class[item], st.MEMCACHED_ITEM_OVERHEAD + store.klen[item] + store.vlen[item]))
+        i = stop
+        yield b"".join(chunk)
+    yield END
+
+
+CACHEDUMP_MAX = 2 * 1024 * 1024    # memcached caps a cachedump at 2 MB
+CACHEDUMP_STEP = 2000              # items listed per step
+
+
+def cachedump(store, cls_id: int, limit: int):
+    """`stats cachedump` ITEM lines, most recent first, in bounded steps.
+
+    Between steps other clients run and may bump or remove items.  The walk
+    goes on from the item it stopped at only if that item is unchanged (still
+    linked in the class, same CAS and access time); a bump would have moved
+    it to the head and a resumed walk would list items twice, so then the
+    dump ends there.  (memcached holds its LRU lock for the whole, 2 MB
+    bounded, walk; memd gives the other clients their turn instead.)
+    """
+    lru_next = store.lru.next
+    item = store.lru.head[cls_id] if cls_id else st.NIL
+    listed = size = 0
+    while item != st.NIL:
+        chunk = []
+        for _ in range(CACHEDUMP_STEP):
+            if item == st.NIL:
+                break
+            line = b"ITEM %s [%d b; %d s]\r\n" % (store.key_of(item), store.vlen[item],
+                                                  store.exptime[item])
+            size += len(line)
+            if (limit and listed >= limit) or size > CACHEDUMP_MAX:
+                item = st.NIL
+                break
+            chunk.append(line)
+            listed += 1
+            item = lru_next[item]
+        if item == st.NIL:
+            chunk.append(END)
             yield b"".join(chunk)
-            chunk = []
-    chunk.append(END)
-    yield b"".join(chunk)
+            return
+        mark = (store.cas[item], store.atime[item])
+        yield b"".join(chunk)
+        if not (store.iflags[item] & st.LINKED and store.id_class[item] == cls_id
+                and (store.cas[item], store.atime[item]) == mark):
+            break
+    yield END
 
 
 def tokenize(line: bytes) -> list[bytes]:
@@ -107,27 +158,23 @@ def tokenize(line: bytes) -> list[bytes]:
     return tokens
 
 
-class TextProtocol:
-    """One text connection's parser and command dispatcher."""
+class _Discard:
+    """An output that keeps nothing: lookups whose replies memcached drops."""
+
+    @staticmethod
+    def append(chunk) -> None:
+        pass
+
+
+class TextProtocol(Connection):
+    """One text connection's reader (lines, then a value block when a storage
+    command asks for one) and command dispatcher."""
 
     def __init__(self, node, meta=None) -> None:
-        self.node = node
-        self.store = node.store
-        self.closed = False            # the server closes after sending the reply
-        self.out: list = []
-        self._partial: list[bytes] = []  # an unfinished line, in the chunks it came in
-        self._partial_len = 0
-        self._long_get = False
-        self._chunks: list[bytes] = [] # input gathered while waiting for a value
-        self._chunks_len = 0
+        super().__init__(node)
+        self._long_get = False         # the partial line is a long multi-get (checked once)
         self._need = 0                 # bytes the pending data block needs
         self._on_data = None           # callback for the pending data block
-        self._swallow = 0              # bytes of a refused value still to discard
-        self.authenticated = node.auth is None
-        self.fd = 0                    # set by the server (watch and stats conns)
-        self.commands = 0              # command lines parsed, ever (the server's idle clock)
-        self.stream = None             # iterator of reply chunks the server sends before going on
-        self._held = b""               # input that arrived while a stream was going out
         self.watching = False          # a watch connection only receives log lines
         self.meta = meta
         self._commands = {
@@ -144,154 +191,115 @@ class TextProtocol:
             b"lru_crawler": self.cmd_lru_crawler, b"watch": self.cmd_watch,
         }
 
+    @property
+    def state(self) -> str:
+        return "conn_watch" if self.watching else super().state
+
+    def _reading_value(self) -> bool:
+        return self._on_data is not None
+
     # -- input ------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> bytes:
-        """Consume ``data``; return the replies of every command it completed."""
-        if self.stream is not None:
-            self._held += data
-            if len(self._held) > GET_LINE_MAX:
-                self.closed = True       # a client that writes but never reads
-            return b""
-        if self.watching:
-            return b""                   # memcached ignores what a watcher sends
-        if self._swallow:
-            if len(data) <= self._swallow:
-                self._swallow -= len(data)
-                return b""
-            data = data[self._swallow:]
-            self._swallow = 0
+    def _receive_more(self, data):
+        """Input after some was held: add it to the receive buffer; return the
+        whole of it once a command can go on, else None."""
+        rbuf = self.rbuf
+        rbuf.add(data)
         if self._on_data is not None:
-            # a value is arriving: gather chunks, join once when complete
-            self._chunks.append(data)
-            self._chunks_len += len(data)
-            if self._chunks_len < self._need:
-                return b""
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._chunks_len = 0
-            cb, self._on_data = self._on_data, None
+            return rbuf.take() if len(rbuf) >= self._need else None
+        if rbuf.line_end() < 0:
+            n = len(rbuf)
+            if n > LINE_MAX and not self._long_get:
+                self._check_long_line(bytes(rbuf.data[:300]), n)
+            elif n > GET_LINE_MAX:
+                self._hang_up()
+            return None
+        self._long_get = False
+        return rbuf.take()
+
+    def _parse(self, buf: bytes, pos: int) -> None:
+        if self._on_data is not None:
+            # a value block completes first
             need = self._need
-            cb(data[:need])
-            data = data[need:]
-            if self.closed:
-                return self._flush()
-        elif self._partial:
-            if b"\n" not in data:
-                self._partial.append(data)
-                self._partial_len += len(data)
-                if self._partial_len > GET_LINE_MAX:
-                    self._hang_up()
-                elif self._partial_len > LINE_MAX and not self._long_get:
-                    self._check_long_line(b"".join(self._partial))
-                return self._flush()
-            self._partial.append(data)
-            data = b"".join(self._partial)
-            self._partial = []
-            self._partial_len = 0
-            self._long_get = False
-        self._parse(data)
-        return self._flush()
-
-    def resume(self) -> bytes:
-        """The server finished sending ``stream``: go on with held input."""
-        self.stream = None
-        data, self._held = self._held, b""
-        return self.feed(data) if data else self._flush()
-
-    def _flush(self) -> bytes:
-        out = self.out
-        if not out:
-            return b""
-        reply = b"".join(out)
-        out.clear()
-        return reply
-
-    def _parse(self, buf: bytes) -> None:
-        # consecutive single-key gets (a pipeline) are answered by one store
-        # call; the batch is flushed before any other command and at the end
-        gets: list[bytes] = []
-        pos = 0
-        if buf[:4] == b"get " and self.authenticated:
-            pos = self._take_gets(buf, 0, gets)
-            if pos == len(buf):
-                # the commonest read of all: nothing but single-key gets
-                self.store.fetch_text(gets, self.out, False, True)
+            if len(buf) - pos < need:
+                self.rbuf.keep(buf, pos)
                 return
-        try:
-            self._parse_lines(buf, pos, gets)
-        finally:
-            if gets:
-                self.store.fetch_text(gets, self.out, False, True)
+            cb, self._on_data = self._on_data, None
+            cb(buf[pos:pos + need])
+            pos += need
+            if self.closed:
+                return
+        if self.watching:
+            return                       # memcached ignores what a watcher sends
+        if self.authenticated and buf.startswith(b"get ", pos):
+            m = _GET_RUN(buf, pos)
+            if m is not None and m.end() == len(buf):
+                # the commonest read of all: nothing but single-key gets
+                self._get_run(buf, pos, m.end())
+                return
+        self._parse_lines(buf, pos)
 
-    def _take_gets(self, buf: bytes, pos: int, gets: list) -> int:
-        """Add the keys of a run of single-key gets at ``pos`` to ``gets``;
-        return where the run ends (``pos`` if there is none)."""
-        m = _GET_RUN(buf, pos)
-        if m is None:
-            return pos
-        end = m.end()
+    def _get_run(self, buf: bytes, pos: int, end: int) -> int:
+        """Answer the run of single-key gets in ``buf[pos:end]`` with one store
+        call; return where parsing goes on, or -1 when the output bound
+        stopped the run (the rest of the input is held)."""
         keys = buf[pos + 4:end - 2].split(b"\r\nget ")
-        gets += keys
-        self.commands += len(keys)
+        out = self.out
+        done = self.store.fetch_text(keys, out, False, True,
+                                     self.out_room() if out else self.out_limit)
+        self.commands += done
+        if done < len(keys):
+            # each line is "get " + key + CRLF
+            self.hold(buf, pos + 6 * done + sum(map(len, keys[:done])))
+            return -1
         return end
 
-    def _parse_lines(self, buf: bytes, pos: int, gets: list) -> None:
+    def _parse_lines(self, buf: bytes, pos: int) -> None:
         n = len(buf)
         dispatch = self._commands
         out = self.out
-        fetch_text = self.store.fetch_text
-        take_gets = self._take_gets if self.authenticated else None
-        while pos < n and not self.closed:
-            if take_gets is not None and buf.startswith(b"get ", pos):
-                end = take_gets(buf, pos, gets)
-                if end != pos:
-                    pos = end
+        authenticated = self.authenticated
+        while pos < n:
+            if authenticated and buf.startswith(b"get ", pos):
+                m = _GET_RUN(buf, pos)
+                if m is not None:
+                    pos = self._get_run(buf, pos, m.end())
+                    if pos < 0:
+                        return
+                    if self.out_full():
+                        self.hold(buf, pos)
+                        return
                     continue
             eol = buf.find(b"\n", pos)
             if eol < 0:
-                rest = buf[pos:]
-                self._partial = [rest]
-                self._partial_len = len(rest)
-                if len(rest) > LINE_MAX:
-                    self._check_long_line(rest)
+                self.rbuf.keep(buf, pos)
+                if n - pos > LINE_MAX:
+                    self._check_long_line(buf[pos:pos + 300], n - pos)
                 return
             end = eol - 1 if eol > pos and buf[eol - 1] == 13 else eol
             line = buf[pos:end]
             pos = eol + 1
-            if line[:4] == b"get " and self.authenticated and b"\0" not in line:
+            self.commands += 1
+            if authenticated and line[:4] == b"get " and b"\0" not in line:
                 # the hot path: a well-formed get needs no general tokenizing
-                key = line[4:]
-                if b" " not in key and 0 < len(key) <= KEY_MAX:
-                    self.commands += 1
-                    gets.append(key)
-                    continue
-                keys = key.split(b" ")
+                keys = line[4:].split(b" ")
                 if b"" not in keys and max(map(len, keys)) <= KEY_MAX:
-                    self.commands += 1
-                    if gets:
-                        fetch_text(gets, out, False, True)
-                        gets.clear()
-                    fetch_text(keys, out, False)
-                    out.append(END)
+                    self._multi_get(keys, False)
+                    if self._cont is not None or self.out_full():
+                        self.hold(buf, pos)
+                        return
                     continue
-            if gets:
-                fetch_text(gets, out, False, True)
-                gets.clear()
-            if line[:4] == b"set " and self.authenticated:
+            elif authenticated and line[:4] == b"set ":
                 # the other hot path: `set <key> <flags> <exptime> <bytes>` with
                 # plain small numbers and its data already here
                 used = self._fast_set(line, buf, pos)
                 if used:
-                    self.commands += 1
                     pos += used
                     continue
             tokens = tokenize(line)
-            self.commands += 1
             if not tokens or len(tokens[0]) < 2:
-                self.out.append(ERROR)
-                continue
-            if not self.authenticated:
+                out.append(ERROR)
+            elif not authenticated:
                 self._auth_gate(tokens)
             else:
                 handler = dispatch.get(tokens[0])
@@ -303,30 +311,28 @@ class TextProtocol:
                     self.closed = True          # memcached hangs up on HTTP requests
                     return
                 else:
-                    self.out.append(ERROR)
-            if self.stream is not None or self.watching:
-                if self.stream is not None:
-                    self._held = buf[pos:]
-                return
+                    out.append(ERROR)
+                if self.closed:
+                    return
+            out = self.out                      # (a cleared reply list may be a new one)
             if self._on_data is not None:
                 # a storage command wants its data block
-                avail = n - pos
-                if avail >= self._need:
+                need = self._need
+                if n - pos >= need:
                     cb, self._on_data = self._on_data, None
-                    cb(buf[pos:pos + self._need])
-                    pos += self._need
+                    cb(buf[pos:pos + need])
+                    pos += need
+                    authenticated = self.authenticated
                 else:
-                    self._chunks = [buf[pos:]]
-                    self._chunks_len = avail
+                    self.rbuf.keep(buf, pos)
                     return
             elif self._swallow:
-                avail = n - pos
-                if avail >= self._swallow:
-                    pos += self._swallow
-                    self._swallow = 0
-                else:
-                    self._swallow -= avail
-                    return
+                pos = self._swallowed(buf, pos)
+            elif self.watching:
+                return
+            if self._cont is not None or self.out_full():
+                self.hold(buf, pos)
+                return
 
     def _fast_set(self, line: bytes, buf: bytes, pos: int) -> int:
         """Store a simple set whose data block is in ``buf`` at ``pos``; return
@@ -355,41 +361,38 @@ class TextProtocol:
         self._stored(store.store(st.SET, key, flags, int(exptime), buf[pos:end]), False)
         return vlen + 2
 
-    def _check_long_line(self, rest: bytes) -> None:
+    def _check_long_line(self, head: bytes, length: int) -> None:
         """memcached closes on a 2 KB line without a newline unless it is a
-        (long multi-)get; memd also bounds those, at GET_LINE_MAX."""
-        head = rest[:200].lstrip(b" ")
-        if (len(rest) - len(rest.lstrip(b" ")) > 100
-                or not (head.startswith(b"get ") or head.startswith(b"gets "))
-                or len(rest) > GET_LINE_MAX):
+        (long multi-)get; memd also bounds those, at GET_LINE_MAX, and allows
+        none before authentication (so an unauthenticated peer is held to a
+        few KiB)."""
+        head = head[:200]
+        stripped = head.lstrip(b" ")
+        if (len(head) - len(stripped) > 100 or not self.authenticated
+                or not (stripped.startswith(b"get ") or stripped.startswith(b"gets "))
+                or length > GET_LINE_MAX):
             self._hang_up()
         else:
             self._long_get = True     # checked once; from now on only the bound
 
     def _hang_up(self) -> None:
         self.closed = True
-        self._partial = []
-        self._partial_len = 0
+        self.rbuf.clear()
 
     def expect_data(self, length: int, callback) -> None:
         """Have ``callback(block)`` called with the next ``length`` bytes."""
         self._need = length
         self._on_data = callback
 
-    def swallow(self, length: int) -> None:
-        self._swallow = length
-
-    # -- helpers ----------------------------------------------------------------
-
     # -- retrieval ----------------------------------------------------------------
 
     def cmd_get(self, tokens) -> None:
-        self._get(tokens, tokens[1:], False)
+        self._get(tokens[1:], False)
 
     def cmd_gets(self, tokens) -> None:
-        self._get(tokens, tokens[1:], True)
+        self._get(tokens[1:], True)
 
-    def _get(self, tokens, keys, with_cas: bool) -> None:
+    def _get(self, keys, with_cas: bool) -> None:
         if not keys:
             self.out.append(ERROR)
             return
@@ -400,11 +403,27 @@ class TextProtocol:
             good = 0
             while len(keys[good]) <= KEY_MAX:
                 good += 1
-            self.store.fetch_text(keys[:good], [], with_cas)
+            self.store.fetch_text(keys[:good], _Discard, with_cas)
             self.out.clear()
             self.out.append(BAD_FORMAT)
             return
-        self.store.fetch_text(keys, self.out, with_cas)
+        self._multi_get(keys, with_cas)
+
+    def _multi_get(self, keys, with_cas: bool) -> None:
+        """VALUE blocks and END; past the output bound the rest of the keys
+        become a continuation, looked up as the reader takes the replies."""
+        done = self.store.fetch_text(keys, self.out, with_cas, False, self.out_room())
+        if done == len(keys):
+            self.out.append(END)
+        else:
+            self._cont = self._more_gets(iter(keys[done:]), with_cas)
+
+    def _more_gets(self, it, with_cas: bool):
+        fetch_text = self.store.fetch_text
+        while True:
+            yield True
+            if not fetch_text(it, self.out, with_cas, False, self.out_limit):
+                break
         self.out.append(END)
 
     def cmd_gat(self, tokens) -> None:
@@ -421,19 +440,27 @@ class TextProtocol:
         if exptime is None:
             self.out.append(b"CLIENT_ERROR invalid exptime argument\r\n")
             return
+        keys = tokens[2:]
+        if keys and max(map(len, keys)) > KEY_MAX:
+            # memcached works through the keys in order: the ones before
+            # the bad key are touched, but only the error is answered
+            for key in keys:
+                if len(key) > KEY_MAX:
+                    break
+                self.store.get(key, exptime)
+            self.out.append(BAD_FORMAT)
+            return
+        steps = self._gat_steps(keys, exptime, with_cas)
+        if next(steps, None) is not None:
+            self._cont = steps
+
+    def _gat_steps(self, keys, exptime: int, with_cas: bool):
         store = self.store
-        out = self.out
-        start = len(out)
-        for key in tokens[2:]:
-            if len(key) > KEY_MAX:
-                # memcached works through the keys in order: the ones before
-                # the bad key are touched, but only the error is answered
-                del out[start:]
-                out.append(BAD_FORMAT)
-                return
+        for key in keys:
             item = store.get(key, exptime)
             if item < 0:
                 continue
+            out = self.out
             if with_cas:
                 out.append(b"VALUE %s %d %d %d\r\n" % (key, store.flags[item], store.vlen[item],
                                                        store.cas[item]))
@@ -441,7 +468,9 @@ class TextProtocol:
                 out.append(b"\r\n")
             else:
                 out.append(store.text_value(item))
-        out.append(END)
+            if self.out_full():
+                yield True
+        self.out.append(END)
 
     # -- storage -------------------------------------------------------------------
 
@@ -478,10 +507,8 @@ class TextProtocol:
         store = self.store
         if store.too_large(len(key), vlen, flags):
             # refuse before reading: swallow the data without buffering it
-            self.node.counters["store_too_large"] += 1
+            store.refuse_too_large(key, mode == st.SET)
             self._say(noreply, TOO_LARGE)
-            if mode == st.SET:
-                store.delete(key)      # memcached drops the stale value on a failed set
             self.swallow(vlen + 2)
             return
 
@@ -494,11 +521,6 @@ class TextProtocol:
         self.expect_data(vlen + 2, on_data)
 
     def _stored(self, result: int, noreply: bool) -> None:
-        """Count a refused store and answer it (unless noreply)."""
-        if result == st.NO_MEMORY:
-            self.node.counters["store_no_memory"] += 1
-        elif result == st.TOO_LARGE:
-            self.node.counters["store_too_large"] += 1
         if not noreply:
             self.out.append(STORE_REPLIES[result])
 
@@ -654,19 +676,12 @@ class TextProtocol:
             return
         sub = tokens[1]
         if sub == b"reset":
-            self.store.reset_stats()
-            for k in node.counters:
-                node.counters[k] = 0
-            node.total_connections = node.rejected_connections = 0
+            node.reset_stats()
             self.out.append(b"RESET\r\n")
         elif sub == b"detail":
-            arg = tokens[2] if len(tokens) > 2 else b""
-            if arg in (b"on", b"off"):
-                self.out.append(b"OK\r\n")
-            elif arg == b"dump":
-                self.out.append(END)
-            else:
-                self.out.append(b"CLIENT_ERROR usage: stats detail on|off|dump\r\n")
+            reply = node.stats_detail(tokens[2] if len(tokens) > 2 else b"")
+            self.out.append(reply if reply is not None
+                            else b"CLIENT_ERROR usage: stats detail on|off|dump\r\n")
         elif sub == b"settings":
             self.out.append(stats_mod.render(stats_mod.settings(node)))
         elif sub == b"items":
@@ -676,7 +691,7 @@ class TextProtocol:
         elif sub == b"sizes":
             self.out.append(b"STAT sizes_status disabled\r\nEND\r\n")
         elif sub == b"conns":
-            self.out.append(stats_mod.render(stats_mod.conns(node)))
+            self.out.append(stats_mod.render(stats_mod.conns(node, self.fd)))
         elif sub == b"cachedump":
             self._cachedump(tokens)
         elif sub == b"hotkeys":
@@ -696,20 +711,10 @@ class TextProtocol:
         if cls_id is None or limit is None:
             self.out.append(b"CLIENT_ERROR bad command line format\r\n")
             return
-        store = self.store
-        if cls_id >= len(store.slabs.classes):
+        if cls_id >= len(self.store.slabs.classes):
             self.out.append(b"CLIENT_ERROR Illegal slab id\r\n")
             return
-        lines = []
-        size = 0
-        for item in store.items_of_class(cls_id) if cls_id else ():
-            line = b"ITEM %s [%d b; %d s]\r\n" % (store.key_of(item), store.vlen[item],
-                                                  store.exptime[item])
-            size += len(line)
-            if (limit and len(lines) >= limit) or size > 2 * 1024 * 1024:
-                break        # memcached caps a dump at 2 MB
-            lines.append(line)
-        self.out.append(b"".join(lines) + END)
+        self._cont = cachedump(self.store, cls_id, limit)
 
     # -- operations: slabs, lru_crawler, watch -------------------------------------------
 
@@ -748,7 +753,7 @@ class TextProtocol:
             if classes is None:
                 self.out.append(b"BADCLASS invalid class id\r\n")
             elif sub == b"metadump":
-                self.stream = metadump(self.store, classes)
+                self._cont = metadump(self.store, classes)
             elif not node.crawler_enabled:
                 self.out.append(b"ERROR lru crawler disabled\r\n")
             else:
@@ -829,7 +834,7 @@ class TextProtocol:
                 self.node.counters["auth_errors"] += 1
                 self.out.append(b"CLIENT_ERROR bad authentication token format\r\n")
             elif self.node.auth.check(parts[0], parts[1]):
-                self.authenticated = True
+                self.now_authenticated()
                 self.out.append(b"STORED\r\n")
             else:
                 self.node.counters["auth_errors"] += 1
