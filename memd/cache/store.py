@@ -387,7 +387,10 @@ class ItemStore:
         everything in locals (this loop is what a multi-get spends its time
         in), and a hit is offered to ``recent``.
         """
-        self.hotkeys.count_many(keys)
+        if keys.__class__ is list:
+            # a whole request's keys; an iterator continues a multi-get the
+            # output bound stopped, whose keys were counted by its first call
+            self.hotkeys.count_many(keys)
         now = self.clock()
         recent = self.recent
         if self._recent_flush_at and self._recent_flush_at <= now:
