@@ -447,6 +447,9 @@ class Server:
                         conn.closing = True
                     self._queue(conn, chunks)
                     self._drain(conn)
+            # counted before the replies leave: a client that has its reply
+            # and then scrapes the metrics must find its request counted
+            node.bytes_read += nread
             for conn, reply in replies:
                 # one reply, one send, usually all taken
                 try:
@@ -461,7 +464,6 @@ class Server:
                     conn.queue.append(memoryview(reply)[sent:])
                     conn.queued = len(reply) - sent
                     self._want(conn, EPOLLOUT)      # stop reading until drained
-            node.bytes_read += nread
             node.bytes_written += nwritten
             if store.watch is not None:
                 self._deliver_watch()

@@ -67,7 +67,14 @@ def test_scrape_reports_commands_items_and_bytes_after_traffic(node_with_metrics
     reqs += b"get k1 k2 k3 nope\r\ndelete k4\r\ndelete nope\r\nincr nope 1\r\n"
     reqs += b"touch k5 100\r\ncas k6 0 0 1 999\r\nx\r\nversion\r\n"
     talk(node.port, reqs, b"VERSION")
-    m = scrape(mport)
+    # bytes written are counted once the send returns, which can be just
+    # after the client has its reply: wait for that, not for a fixed time
+    deadline = time.monotonic() + 10
+    while True:
+        m = scrape(mport)
+        if m[("memcached_written_bytes_total", ())] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
 
     def cmd(command, status):
         return m[("memcached_commands_total", (("command", command), ("status", status)))]
