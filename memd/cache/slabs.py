@@ -32,16 +32,23 @@ CHUNK_ALIGN = 8
 MAX_CLASSES = 63
 
 
-def class_sizes(page_size: int, factor: float, min_size: int) -> list[int]:
-    """Chunk sizes of the classes, smallest first, the last one a whole page."""
+def class_sizes(largest: int, factor: float, min_size: int) -> list[int]:
+    """Chunk sizes of the classes, smallest first, the last one ``largest``.
+
+    memcached's slabs_init rule, the one copy of it: classes grow by ``factor``
+    from header + ``-n``, 8-byte aligned, until the next would reach
+    ``largest / factor``; then one class of ``largest``.  memd's allocator
+    passes a whole page; meta's ``cls=`` passes memcached's chunk maximum
+    (half a page), see meta_flags.memcached_class.
+    """
     sizes = []
     size = MEMCACHED_ITEM_HEADER + min_size
-    while size <= page_size // factor and len(sizes) < MAX_CLASSES - 1:
+    while size < largest / factor and len(sizes) < MAX_CLASSES - 1:
         if size % CHUNK_ALIGN:
             size += CHUNK_ALIGN - size % CHUNK_ALIGN
         sizes.append(size)
         size = int(size * factor)
-    sizes.append(page_size)
+    sizes.append(largest)
     return sizes
 
 

@@ -10,7 +10,9 @@ then built by a second pass in the order the client gave the flags.
 from __future__ import annotations
 
 import base64
+from bisect import bisect_left
 
+from ..cache.slabs import PAGE_SIZE, class_sizes
 from ..numbers import strtol32, strtoul32, strtoull
 from .wire import KEY_MAX
 
@@ -210,22 +212,15 @@ _class_tables: dict = {}
 
 
 def memcached_class(size: int, factor: float, min_size: int, item_size_max: int) -> int:
-    """The slab class memcached 1.6.18 would put an item of ``size`` in."""
+    """The slab class memcached 1.6.18 would put an item of ``size`` in.
+
+    memcached's largest class is its chunk maximum, half a page (bigger items
+    are chained chunks), where memd's is a whole page; so the table is the
+    same rule as memd's allocator (slabs.class_sizes) with that largest size.
+    """
     k = (factor, min_size, item_size_max)
     table = _class_tables.get(k)
     if table is None:
-        page = max(1 << 20, item_size_max)
-        chunk_max = page // 2
-        table = []
-        s = 48 + min_size
-        while len(table) < 62 and s < chunk_max / factor:
-            if s % 8:
-                s += 8 - s % 8
-            table.append(s)
-            s = int(s * factor)
-        table.append(chunk_max)
+        table = class_sizes(max(PAGE_SIZE, item_size_max) // 2, factor, min_size)
         _class_tables[k] = table
-    for i, s in enumerate(table):
-        if size <= s:
-            return i + 1
-    return len(table)
+    return min(bisect_left(table, size), len(table) - 1) + 1
