@@ -347,3 +347,12 @@ def test_incr_stops_at_nul_like_memcached():
     s.store(S.SET, b"n", 0, 0, b"5\x00abc")
     assert s.incr_decr(b"n", 1, True) == (S.STORED, 6)
     assert s.value_of(s.find(b"n")) == b"6    "
+
+
+def test_reset_stats_zeroes_every_counter_it_reports():
+    store = ItemStore(StoreSettings(mem_limit=4 << 20))
+    for name in ItemStore.COUNTERS:
+        setattr(store, name, 7)
+    store.reset_stats()
+    assert {name: getattr(store, name) for name in ItemStore.COUNTERS} == dict.fromkeys(
+        ItemStore.COUNTERS, 0)

@@ -78,6 +78,7 @@ class StoreSettings:
 
 
 class ItemStore:
+    # the `stats` counters: reset_stats zeroes each one, snapshots save them
     COUNTERS = (
         "cmd_get", "cmd_set", "cmd_touch", "cmd_flush", "get_hits", "get_misses",
         "get_expired", "get_flushed", "delete_hits", "delete_misses", "incr_hits",
@@ -134,8 +135,36 @@ class ItemStore:
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        for name in self.COUNTERS:
-            setattr(self, name, 0)
+        # The `stats` counters (the names in COUNTERS), plain int attributes:
+        # the request paths bump them as self.<name> += 1, nothing in between.
+        self.cmd_get: int = 0
+        self.cmd_set: int = 0
+        self.cmd_touch: int = 0
+        self.cmd_flush: int = 0
+        self.get_hits: int = 0
+        self.get_misses: int = 0
+        self.get_expired: int = 0
+        self.get_flushed: int = 0
+        self.delete_hits: int = 0
+        self.delete_misses: int = 0
+        self.incr_hits: int = 0
+        self.incr_misses: int = 0
+        self.decr_hits: int = 0
+        self.decr_misses: int = 0
+        self.cas_hits: int = 0
+        self.cas_misses: int = 0
+        self.cas_badval: int = 0
+        self.touch_hits: int = 0
+        self.touch_misses: int = 0
+        self.evictions: int = 0
+        self.reclaimed: int = 0
+        self.expired_unfetched: int = 0
+        self.evicted_unfetched: int = 0
+        self.evicted_active: int = 0
+        self.total_items: int = 0
+        self.crawler_reclaimed: int = 0
+        self.store_too_large: int = 0
+        self.store_no_memory: int = 0
         if self.detail is not None:
             self.detail.clear()
         for cls in self.slabs.classes[1:]:
