@@ -357,7 +357,6 @@ class Server:
         rview = memoryview(rbuf)
         checkpoint = trio.lowlevel.checkpoint
         store = node.store
-        watch = node.watch
         trace = log.isEnabledFor(logging.DEBUG)
         while True:
             events = ep.poll(0)
@@ -396,7 +395,6 @@ class Server:
                     self._close(conn)
                     continue
                 nread += n
-                watch.current_fd = fd
                 proto = conn.proto
                 data = bytes(rview[:n])
                 if trace:
@@ -436,7 +434,6 @@ class Server:
                 # all sent: one more step each, then the others get their turn
                 for conn in list(runnable):
                     runnable.discard(conn)
-                    watch.current_fd = conn.fd
                     try:
                         chunks = conn.proto.resume()
                     except Exception:
@@ -626,7 +623,6 @@ class Server:
         node = self.node
         info = conn.info
         stream = conn.stream
-        watch = node.watch
         proto = None
         while True:
             if node.auth is not None and (proto is None or not proto.authenticated):
@@ -638,7 +634,6 @@ class Server:
             node.bytes_read += len(data)
             if proto is None:
                 proto = info.proto = self._protocol(data[0], info.fd)
-            watch.current_fd = info.fd
             seen = proto.commands
             chunks = proto.receive(data)
             if proto.commands != seen:
@@ -650,7 +645,6 @@ class Server:
                 info.sending = False
                 if proto.closed or not proto.blocked:
                     break
-                watch.current_fd = info.fd
                 chunks = proto.resume()
             if proto.closed:
                 return

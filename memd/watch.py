@@ -37,7 +37,6 @@ class WatchHub:
         self.gid = 0
         self.sent = 0
         self.skipped = 0
-        self.current_fd = 0          # the client connection being served (cfd=)
 
     def add(self, fd: int, kinds) -> None:
         self.watchers[fd] = Watcher(fd, kinds)

@@ -397,7 +397,7 @@ class ItemStore:
     # -- commands ----------------------------------------------------------------
 
     def fetch_text(self, keys, out: list, with_cas: bool = False, end_each: bool = False,
-                   budget: int = 1 << 62) -> int:
+                   budget: int = 1 << 62, cfd: int = 0) -> int:
         """The text get/gets hot path: append one VALUE block per hit to ``out``;
         return how many keys were looked up.
 
@@ -494,7 +494,7 @@ class ItemStore:
                 if end_each:
                     append(b"END\r\n")
                 if watching:
-                    self._fetched(key, NIL)
+                    self._fetched(key, NIL, cfd)
                 continue
             hits += 1
             cls_id = page_class[pg]
@@ -528,7 +528,7 @@ class ItemStore:
             if end_each:
                 append(b"END\r\n")
             if watching:
-                self._fetched(key, item)
+                self._fetched(key, item, cfd)
             if size >= budget:
                 break
         recent.hits += recent_hits
@@ -540,44 +540,47 @@ class ItemStore:
         self.get_misses += misses
         return n
 
-    def _fetched(self, key: bytes, item: int) -> None:
-        """What a get tells the watchers and the prefix stats (when either is on)."""
+    def _fetched(self, key: bytes, item: int, cfd: int) -> None:
+        """What a get tells the watchers and the prefix stats (when either is on).
+        ``cfd``: the asking connection's fd, for the watch line's cfd=."""
         if self.detail is not None:
             self.detail.record_get(key, item != NIL)
         if self.watch:
-            self._emit_fetch(key, item)
+            self._emit_fetch(key, item, cfd)
 
-    def _emit_fetch(self, key: bytes, item: int) -> None:
+    def _emit_fetch(self, key: bytes, item: int, cfd: int) -> None:
         watch = self.watch
         if item == NIL:
             watch.emit("fetchers", "type=item_get key=%s status=not_found clsid=0 cfd=%d size=0"
-                       % (key.decode("latin-1"), watch.current_fd))
+                       % (key.decode("latin-1"), cfd))
         else:
             watch.emit("fetchers", "type=item_get key=%s status=found clsid=%d cfd=%d size=%d"
-                       % (key.decode("latin-1"), self.id_class[item], watch.current_fd,
+                       % (key.decode("latin-1"), self.id_class[item], cfd,
                           self.vlen[item]))
 
-    def _emit_store(self, mode: int, key: bytes, result: int, value_len: int) -> None:
+    def _emit_store(self, mode: int, key: bytes, result: int, value_len: int,
+                    cfd: int) -> None:
         watch = self.watch
         item = self.index.find(key, _hash(key))
         cls_id = self.id_class[item] if item != NIL else 0
         ttl = self.ttl_of(item) if item != NIL else 0
         watch.emit("mutations", "type=item_store key=%s status=%s cmd=%s ttl=%d clsid=%d cfd=%d size=%d"
                    % (key.decode("latin-1"), RESULT_NAMES[result], MODE_NAMES[mode],
-                      max(ttl, 0), cls_id, watch.current_fd, value_len))
+                      max(ttl, 0), cls_id, cfd, value_len))
 
-    def get(self, key: bytes, touch_exptime: int | None = None) -> int:
+    def get(self, key: bytes, touch_exptime: int | None = None, cfd: int = 0) -> int:
         """One counted get (gat when ``touch_exptime`` is given): item or -1.
 
         As in memcached 1.6.18, a gat counts as a touch only, not as a get
         (but `stats detail` counts it as a get)."""
-        return self._lookup(key, touch_exptime, True)
+        return self._lookup(key, touch_exptime, True, cfd)
 
-    def _lookup(self, key: bytes, touch_exptime: int | None, observed: bool) -> int:
+    def _lookup(self, key: bytes, touch_exptime: int | None, observed: bool,
+                cfd: int = 0) -> int:
         now = self.clock()
         item = self.find_for_get(key, now)
         if observed and (self.watch or self.detail is not None):
-            self._fetched(key, item)
+            self._fetched(key, item, cfd)
         touched = touch_exptime is not None
         if item == NIL:
             self.miss(touched)
@@ -611,24 +614,26 @@ class ItemStore:
             self.get_misses += 1
 
     def store(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0,
-              counted: bool = True, detail: bool = True) -> int:
+              counted: bool = True, detail: bool = True, cfd: int = 0) -> int:
         """set/add/replace/append/prepend/cas. Returns STORED, NOT_STORED,
         EXISTS, NOT_FOUND, TOO_LARGE or NO_MEMORY (``write`` also gives the
         new CAS).
 
         ``counted=False`` stores without counting a ``cmd_set`` (meta's vivify
         on miss creates items that memcached does not count as sets)."""
-        return self.write(mode, key, flags, exptime, value, cas, counted, detail)[0]
+        return self.write(mode, key, flags, exptime, value, cas, counted, detail, cfd)[0]
 
     def write(self, mode: int, key: bytes, flags: int, exptime: int, value, cas: int = 0,
-              counted: bool = True, detail: bool = True) -> tuple[int, int]:
+              counted: bool = True, detail: bool = True, cfd: int = 0) -> tuple[int, int]:
         """``store`` with its result record: (result, the new CAS or 0).
 
         Owns the refusals: a value too large (counted in store_too_large), no
         memory (store_no_memory; a failed set drops the old value so that it
         cannot be served stale, as memcached does), and an append or prepend
         whose combined value does not fit (NOT_STORED, uncounted).
-        ``detail=False``: not counted in `stats detail` (meta's ms)."""
+        ``detail=False``: not counted in `stats detail` (meta's ms).  ``cfd``:
+        the writing connection's fd, for a watch line's cfd= (as in every
+        call that can produce one)."""
         if detail and self.detail is not None:
             self.detail.record_set(key)
         result, new_cas = self._store(mode, key, flags, exptime, value, cas, counted)
@@ -644,7 +649,7 @@ class ItemStore:
         elif result == TOO_LARGE:
             self.store_too_large += 1
         if self.watch:
-            self._emit_store(mode, key, result, len(value))
+            self._emit_store(mode, key, result, len(value), cfd)
         return result, new_cas
 
     def refuse_too_large(self, key: bytes, drop_old: bool, counted: bool = True,
@@ -795,11 +800,12 @@ class ItemStore:
         self.cas[item] = self.new_cas()
         return DELETED
 
-    def incr_decr(self, key: bytes, delta: int, incr: bool, cas: int = 0):
+    def incr_decr(self, key: bytes, delta: int, incr: bool, cas: int = 0, cfd: int = 0):
         """(STORED, new value) or (NOT_FOUND | NON_NUMERIC | EXISTS | NO_MEMORY, None)."""
-        return self.arith(key, delta, incr, cas)[:2]
+        return self.arith(key, delta, incr, cas, cfd=cfd)[:2]
 
-    def arith(self, key: bytes, delta: int, incr: bool, cas: int = 0, create=None):
+    def arith(self, key: bytes, delta: int, incr: bool, cas: int = 0, create=None,
+              cfd: int = 0):
         """incr/decr with its result record: (result, value, new CAS, created).
 
         result is STORED (value: the new number), NOT_FOUND, NON_NUMERIC (an
@@ -824,7 +830,7 @@ class ItemStore:
             digits = b"%d" % initial
             result, new_cas = self._store(ADD, key, 0, exptime, digits, 0, False)
             if self.watch:
-                self._emit_store(ADD, key, result, len(digits))
+                self._emit_store(ADD, key, result, len(digits), cfd)
             if result != STORED:
                 return NOT_STORED, None, 0, False       # (no memory: nothing else can refuse it)
             return STORED, initial, new_cas, True

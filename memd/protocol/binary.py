@@ -271,7 +271,7 @@ class BinaryProtocol(Connection):
         mode = STORE_MODES[cmd]
         if cas and mode in (st.SET, st.ADD, st.REPLACE):
             mode = st.CAS
-        result, new_cas = store.write(mode, key, flags, exptime, value, cas)
+        result, new_cas = store.write(mode, key, flags, exptime, value, cas, cfd=self.fd)
         if result == st.STORED:
             if not quiet:
                 self._respond(cas=new_cas)
@@ -336,7 +336,7 @@ class BinaryProtocol(Connection):
         if touch:
             item = store.touch(key, _FLAGS.unpack(extras)[0])
         else:
-            item = store.get(key)
+            item = store.get(key, cfd=self.fd)
         with_key = cmd in (GETK, GATK)
         if item < 0:
             if quiet:
@@ -363,7 +363,8 @@ class BinaryProtocol(Connection):
     def do_arith(self, cmd, quiet, extras, key, cas, _rest) -> None:
         delta, initial, exptime = _INCR_EXTRAS.unpack(extras)
         result, value, new_cas, _ = self.store.arith(
-            key, delta, cmd == INCR, cas, None if exptime == NO_CREATE else (initial, exptime))
+            key, delta, cmd == INCR, cas, None if exptime == NO_CREATE else (initial, exptime),
+            cfd=self.fd)
         if result == st.STORED:
             if not quiet:
                 self._respond(cas=new_cas, value=_U64.pack(value))

@@ -126,7 +126,8 @@ class MetaCommands:
         item = store.find_for_get(key, now)
         created = False
         if item < 0 and f is not None and f.vivify:
-            if store.store(st.SET, key, 0, 0, b"", counted=False, detail=False) == st.STORED:
+            if store.store(st.SET, key, 0, 0, b"", counted=False, detail=False,
+                           cfd=proto.fd) == st.STORED:
                 # (memcached links the stub without counting a set)
                 item = store.find(key, now)
                 created = item >= 0
@@ -272,13 +273,14 @@ class MetaCommands:
                 stale_store = True
                 old_exp = store.exptime[old]
                 old_flags = store.iflags[old]
-                result, cas = store.write(st.SET, key, f.client_flags, 0, value, detail=False)
+                result, cas = store.write(st.SET, key, f.client_flags, 0, value, detail=False,
+                                          cfd=proto.fd)
             else:
                 result, cas = store.write(mode, key, f.client_flags, f.ttl_raw, value, f.cas,
-                                          detail=False)
+                                          detail=False, cfd=proto.fd)
         else:
             result, cas = store.write(mode, key, f.client_flags, f.ttl_raw, value, f.cas,
-                                      detail=False)
+                                      detail=False, cfd=proto.fd)
         if result == st.TOO_LARGE or result == st.NO_MEMORY:
             proto.out.append(NO_MEMORY)
             return
@@ -382,7 +384,8 @@ class MetaCommands:
         status = None
         digits = b""
         result, value, _, created = store.arith(key, f.delta, incr, f.cas if f.has_cas else 0,
-                                                (f.initial, 0) if f.vivify else None)
+                                                (f.initial, 0) if f.vivify else None,
+                                                cfd=proto.fd)
         if result == st.STORED:
             digits = b"%d" % value
             item = store.find(key, now)

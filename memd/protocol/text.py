@@ -246,7 +246,7 @@ class TextProtocol(Connection):
         keys = buf[pos + 4:end - 2].split(b"\r\nget ")
         out = self.out
         done = self.store.fetch_text(keys, out, False, True,
-                                     self.out_room() if out else self.out_limit)
+                                     self.out_room() if out else self.out_limit, self.fd)
         self.commands += done
         if done < len(keys):
             # each line is "get " + key + CRLF
@@ -358,7 +358,8 @@ class TextProtocol(Connection):
         flags = int(flags)
         if store.too_large(len(key), vlen, flags):
             return 0
-        self._stored(store.store(st.SET, key, flags, int(exptime), buf[pos:end]), False)
+        self._stored(store.store(st.SET, key, flags, int(exptime), buf[pos:end],
+                                 cfd=self.fd), False)
         return vlen + 2
 
     def _check_long_line(self, head: bytes, length: int) -> None:
@@ -403,7 +404,7 @@ class TextProtocol(Connection):
             good = 0
             while len(keys[good]) <= KEY_MAX:
                 good += 1
-            self.store.fetch_text(keys[:good], _Discard, with_cas)
+            self.store.fetch_text(keys[:good], _Discard, with_cas, cfd=self.fd)
             self.out.clear()
             self.out.append(BAD_FORMAT)
             return
@@ -412,7 +413,8 @@ class TextProtocol(Connection):
     def _multi_get(self, keys, with_cas: bool) -> None:
         """VALUE blocks and END; past the output bound the rest of the keys
         become a continuation, looked up as the reader takes the replies."""
-        done = self.store.fetch_text(keys, self.out, with_cas, False, self.out_room())
+        done = self.store.fetch_text(keys, self.out, with_cas, False, self.out_room(),
+                                     self.fd)
         if done == len(keys):
             self.out.append(END)
         else:
@@ -422,7 +424,7 @@ class TextProtocol(Connection):
         fetch_text = self.store.fetch_text
         while True:
             yield True
-            if not fetch_text(it, self.out, with_cas, False, self.out_limit):
+            if not fetch_text(it, self.out, with_cas, False, self.out_limit, self.fd):
                 break
         self.out.append(END)
 
@@ -447,7 +449,7 @@ class TextProtocol(Connection):
             for key in keys:
                 if len(key) > KEY_MAX:
                     break
-                self.store.get(key, exptime)
+                self.store.get(key, exptime, self.fd)
             self.out.append(BAD_FORMAT)
             return
         steps = self._gat_steps(keys, exptime, with_cas)
@@ -457,7 +459,7 @@ class TextProtocol(Connection):
     def _gat_steps(self, keys, exptime: int, with_cas: bool):
         store = self.store
         for key in keys:
-            item = store.get(key, exptime)
+            item = store.get(key, exptime, self.fd)
             if item < 0:
                 continue
             out = self.out
@@ -516,7 +518,8 @@ class TextProtocol(Connection):
             if block[-2:] != b"\r\n":
                 self._say(noreply, BAD_CHUNK)
                 return
-            self._stored(store.store(mode, key, flags, exptime, block[:-2], cas), noreply)
+            self._stored(store.store(mode, key, flags, exptime, block[:-2], cas,
+                                     cfd=self.fd), noreply)
 
         self.expect_data(vlen + 2, on_data)
 
@@ -573,7 +576,8 @@ class TextProtocol(Connection):
         if delta is None:
             self._say(noreply, b"CLIENT_ERROR invalid numeric delta argument\r\n")
             return
-        result, value = self.store.incr_decr(key, delta, tokens[0] == b"incr")
+        result, value = self.store.incr_decr(key, delta, tokens[0] == b"incr",
+                                             cfd=self.fd)
         if result == st.STORED:
             msg = b"%d\r\n" % value
         elif result == st.NOT_FOUND:
