@@ -1,7 +1,7 @@
 """The key index: a chained hash table on typed arrays, grown incrementally.
 
 Why not a ``dict``: a dict from key bytes to item id costs a key object, an
-int object and a slot per item (~130 bytes; measured in DESIGN.md), more than
+int object and a slot per item (~130 bytes; measured in docs/design.md), more than
 half of what memcached spends on a whole small item.  Here a bucket is 4
 bytes and an item carries the low 32 bits of its hash and a chain link (8
 bytes, in its record), and the key bytes are the ones already in the slab
