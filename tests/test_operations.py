@@ -209,3 +209,39 @@ def test_rebalancing_lets_a_full_cache_of_small_values_serve_large_ones(memd_ser
     print(f"rebalanced to hit rate {rate:.2f} (fresh {fresh_rate:.2f}) in {took:.1f} s, "
           f"{client.stats()[b'slabs_moved']} pages moved")
     assert rate >= 0.9 * fresh_rate
+
+
+def _own_fd(sock: socket.socket) -> int:
+    """The node's fd for this connection, found in `stats conns` by its port."""
+    sock.sendall(b"stats conns\r\n")
+    port = sock.getsockname()[1]
+    for line in _read_until(sock, b"END\r\n").decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].endswith(":addr") and parts[2].endswith(f":{port}"):
+            return int(parts[1].split(":")[0])
+    raise AssertionError("connection not in stats conns")
+
+
+def test_watch_lines_name_the_connection_that_asked(memd_server):
+    watcher = socket.create_connection(memd_server.address, timeout=5)
+    watcher.sendall(b"watch fetchers mutations\r\n")
+    assert _read_until(watcher, b"OK\r\n") == b"OK\r\n"
+    a = socket.create_connection(memd_server.address, timeout=5)
+    b = socket.create_connection(memd_server.address, timeout=5)
+    fd_a, fd_b = _own_fd(a), _own_fd(b)
+    assert fd_a != fd_b
+    a.sendall(b"set ka 0 0 1\r\nx\r\n")
+    assert _read_until(a, b"\r\n") == b"STORED\r\n"
+    b.sendall(b"get ka\r\n")
+    assert _read_until(b, b"END\r\n").endswith(b"END\r\n")
+    b.sendall(b"ms kb 1\r\ny\r\n")
+    assert _read_until(b, b"\r\n") == b"HD\r\n"
+    a.sendall(b"get kb\r\n")
+    assert _read_until(a, b"END\r\n").endswith(b"END\r\n")
+    text = _read_until(watcher, b"key=kb status=found").decode()
+    assert f"type=item_store key=ka status=stored cmd=set ttl=0 clsid=1 cfd={fd_a} " in text
+    assert f"type=item_get key=ka status=found clsid=1 cfd={fd_b} " in text
+    assert f"type=item_store key=kb status=stored cmd=set ttl=0 clsid=1 cfd={fd_b} " in text
+    assert f"type=item_get key=kb status=found clsid=1 cfd={fd_a} " in text
+    for s in (watcher, a, b):
+        s.close()
