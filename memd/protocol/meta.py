@@ -102,94 +102,125 @@ class MetaCommands:
 
     def mg(self, proto, tokens) -> None:
         out = proto.out
+        parsed = self._mg_parse(out, tokens)
+        if parsed is None:
+            return
+        f, key, now = parsed
+        store = self.store
+        item, created = self._mg_find(proto, f, key, now)
+        if item < 0:
+            store.miss()
+            self._mg_miss(out, tokens, f)
+            return
+        if f is None:
+            parts = [b"HD"]
+            won = ttl_set = False
+        else:
+            parts = [b"VA %d" % store.vlen[item] if f.value else b"HD"]
+            answered = self._mg_item_flags(parts, tokens, f, item, now, created)
+            if answered is None:
+                out.append(OPAQUE_LONG)
+                return
+            won, ttl_set = answered
+        self._mg_win_flags(parts, item, won)
+        parts.append(b"\r\n")
+        if f is not None and f.value:
+            off = store.id_offset[item] + store.vstart[item]
+            parts.append(store.pages[store.id_page[item]][off:off + store.vlen[item] + 2])
+        out.append(b"".join(parts))
+        store.hit(item, now, touched=ttl_set, bump=f is None or not f.no_update)
+
+    def _mg_parse(self, out: list, tokens):
+        """(flags or None for a bare ``mg <key>``, key, now), or None with the
+        error reply appended."""
         n = len(tokens)
         if n < 2:
             out.append(ERROR)
-            return
+            return None
         if len(tokens[1]) > KEY_MAX:
             out.append(BAD_FORMAT)
-            return
+            return None
         if n >= MAX_TOKENS:
             out.append(MG_TOO_MANY)
-            return
+            return None
         store = self.store
         now = store.clock()
         if n == 2:
-            f = None
-            key = tokens[1]
-        else:
-            f, err = preparse(tokens, 2, store, now)
-            if err is not None:
-                out.append(err)
-                return
-            key = f.key
+            return None, tokens[1], now
+        f, err = preparse(tokens, 2, store, now)
+        if err is not None:
+            out.append(err)
+            return None
+        return f, f.key, now
+
+    def _mg_find(self, proto, f, key: bytes, now: int) -> tuple[int, bool]:
+        """The live item (or -1), and whether N (vivify) just created it."""
+        store = self.store
         item = store.find_for_get(key, now)
-        created = False
         if item < 0 and f is not None and f.vivify:
             if store.store(st.SET, key, 0, 0, b"", counted=False, detail=False,
                            cfd=proto.fd) == st.STORED:
                 # (memcached links the stub without counting a set)
                 item = store.find(key, now)
-                created = item >= 0
-        if item < 0:
-            store.miss()
-            if f is None:
-                out.append(b"EN\r\n")
-                return
-            echoed = echo_flags(tokens, f)
-            if echoed is None:
-                out.append(OPAQUE_LONG)
-                return
-            parts = [b"EN"] + echoed
-            if not f.no_reply:
-                parts.append(b"\r\n")
-                out.append(b"".join(parts))
-            return
+                return item, item >= 0
+        return item, False
 
-        iflags = store.iflags
-        set_exptime = store.set_exptime
-        vlen = store.vlen[item]
+    @staticmethod
+    def _mg_miss(out: list, tokens, f) -> None:
         if f is None:
-            parts = [b"HD"]
-            won = False
-            ttl_set = False
-        else:
-            parts = [b"VA %d" % vlen if f.value else b"HD"]
-            won = False
-            ttl_set = False
-            for tok in tokens[2:]:
-                c = tok[0]
-                if c == _c:
-                    parts.append(b" c%d" % store.cas[item])
-                elif c == _f:
-                    parts.append(b" f%d" % store.flags[item])
-                elif c == _s:
-                    parts.append(b" s%d" % vlen)
-                elif c == _t:
-                    parts.append(self._ttl(store, item, now))
-                elif c == _O:
-                    if len(tok) > OPAQUE_MAX:
-                        out.append(OPAQUE_LONG)
-                        return
-                    parts.append(b" " + tok)
-                elif c == _k:
-                    parts.append(self._item_key(item))
-                elif c == _T:
-                    ttl_set = True
-                    set_exptime(item, f.exptime)
-                elif c == _N:
-                    if created:
-                        set_exptime(item, f.autoviv)
-                        won = True
-                elif c == _R:
-                    e = store.exptime[item]
-                    if (not iflags[item] & WIN_SENT and not created and e
-                            and e < f.recache):
-                        won = True
-                elif c == _l:
-                    parts.append(b" l%d" % ((now - store.atime[item]) & U32))
-                elif c == _h:
-                    parts.append(b" h1" if iflags[item] & FETCHED else b" h0")
+            out.append(b"EN\r\n")
+            return
+        echoed = echo_flags(tokens, f)
+        if echoed is None:
+            out.append(OPAQUE_LONG)
+            return
+        if not f.no_reply:
+            out.append(b"".join([b"EN"] + echoed + [b"\r\n"]))
+
+    def _mg_item_flags(self, parts: list, tokens, f, item: int, now: int, created: bool):
+        """Append the return flags in the client's order and apply T, N and R:
+        (won, ttl_set), or None on an opaque too long (flags before it have
+        taken effect, as in memcached)."""
+        store = self.store
+        iflags = store.iflags
+        won = ttl_set = False
+        for tok in tokens[2:]:
+            c = tok[0]
+            if c == _c:
+                parts.append(b" c%d" % store.cas[item])
+            elif c == _f:
+                parts.append(b" f%d" % store.flags[item])
+            elif c == _s:
+                parts.append(b" s%d" % store.vlen[item])
+            elif c == _t:
+                parts.append(self._ttl(store, item, now))
+            elif c == _O:
+                if len(tok) > OPAQUE_MAX:
+                    return None
+                parts.append(b" " + tok)
+            elif c == _k:
+                parts.append(self._item_key(item))
+            elif c == _T:
+                ttl_set = True
+                store.set_exptime(item, f.exptime)
+            elif c == _N:
+                if created:
+                    store.set_exptime(item, f.autoviv)
+                    won = True
+            elif c == _R:
+                e = store.exptime[item]
+                if not iflags[item] & WIN_SENT and not created and e and e < f.recache:
+                    won = True
+            elif c == _l:
+                parts.append(b" l%d" % ((now - store.atime[item]) & U32))
+            elif c == _h:
+                parts.append(b" h1" if iflags[item] & FETCHED else b" h0")
+        return won, ttl_set
+
+    def _mg_win_flags(self, parts: list, item: int, won: bool) -> None:
+        """Z (a win already sent), X (stale, which wins unless one was sent)
+        and W, which marks the win as sent."""
+        iflags = self.store.iflags
         fl = iflags[item]
         if fl & WIN_SENT:
             parts.append(b" Z")
@@ -200,14 +231,6 @@ class MetaCommands:
         if won:
             parts.append(b" W")
             iflags[item] = fl | WIN_SENT
-        if f is not None and f.value:
-            parts.append(b"\r\n")
-            off = store.id_offset[item] + store.vstart[item]
-            parts.append(store.pages[store.id_page[item]][off:off + vlen + 2])
-        else:
-            parts.append(b"\r\n")
-        out.append(b"".join(parts))
-        store.hit(item, now, touched=ttl_set, bump=f is None or not f.no_update)
 
     # -- ms -------------------------------------------------------------------------
 
