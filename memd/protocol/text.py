@@ -256,8 +256,6 @@ class TextProtocol(Connection):
 
     def _parse_lines(self, buf: bytes, pos: int) -> None:
         n = len(buf)
-        dispatch = self._commands
-        out = self.out
         authenticated = self.authenticated
         while pos < n:
             if authenticated and buf.startswith(b"get ", pos):
@@ -296,36 +294,13 @@ class TextProtocol(Connection):
                 if used:
                     pos += used
                     continue
-            tokens = tokenize(line)
-            if not tokens or len(tokens[0]) < 2:
-                out.append(ERROR)
-            elif not authenticated:
-                self._auth_gate(tokens)
-            else:
-                handler = dispatch.get(tokens[0])
-                if handler is not None:
-                    handler(tokens)
-                elif tokens[0][0] == 0x6D and len(tokens[0]) == 2:   # m?: meta commands
-                    self.meta_command(tokens)
-                elif tokens[-1].startswith(b"HTTP/") and tokens[0][0] not in b"gsacidtm":
-                    self.closed = True          # memcached hangs up on HTTP requests
-                    return
-                else:
-                    out.append(ERROR)
-                if self.closed:
-                    return
-            out = self.out                      # (a cleared reply list may be a new one)
+            if not self._run_line(line, authenticated):
+                return
             if self._on_data is not None:
-                # a storage command wants its data block
-                need = self._need
-                if n - pos >= need:
-                    cb, self._on_data = self._on_data, None
-                    cb(buf[pos:pos + need])
-                    pos += need
-                    authenticated = self.authenticated
-                else:
-                    self.rbuf.keep(buf, pos)
+                pos = self._feed_block(buf, pos)
+                if pos < 0:
                     return
+                authenticated = self.authenticated
             elif self._swallow:
                 pos = self._swallowed(buf, pos)
             elif self.watching:
@@ -333,6 +308,39 @@ class TextProtocol(Connection):
             if self._cont is not None or self.out_full():
                 self.hold(buf, pos)
                 return
+
+    def _run_line(self, line: bytes, authenticated: bool) -> bool:
+        """A command line the fast paths did not take, tokenized and handed to
+        its command; False once the connection is to be closed."""
+        tokens = tokenize(line)
+        if not tokens or len(tokens[0]) < 2:
+            self.out.append(ERROR)
+            return True
+        if not authenticated:
+            self._auth_gate(tokens)
+        else:
+            handler = self._commands.get(tokens[0])
+            if handler is not None:
+                handler(tokens)
+            elif tokens[0][0] == 0x6D and len(tokens[0]) == 2:   # m?: meta commands
+                self.meta_command(tokens)
+            elif tokens[-1].startswith(b"HTTP/") and tokens[0][0] not in b"gsacidtm":
+                self.closed = True          # memcached hangs up on HTTP requests
+                return False
+            else:
+                self.out.append(ERROR)
+        return not self.closed
+
+    def _feed_block(self, buf: bytes, pos: int) -> int:
+        """Hand a storage command the data block at ``pos``: the position after
+        it, or -1 with the rest kept until the block is complete."""
+        need = self._need
+        if len(buf) - pos < need:
+            self.rbuf.keep(buf, pos)
+            return -1
+        cb, self._on_data = self._on_data, None
+        cb(buf[pos:pos + need])
+        return pos + need
 
     def _fast_set(self, line: bytes, buf: bytes, pos: int) -> int:
         """Store a simple set whose data block is in ``buf`` at ``pos``; return
