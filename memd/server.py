@@ -109,7 +109,10 @@ def coalesce(chunks: list):
     in pieces so its values are not copied again."""
     if len(chunks) == 1:
         return chunks
-    if len(chunks) <= SENDMSG_MAX and sum(map(len, chunks)) <= JOIN_MAX:
+    # joined whatever the chunk count: a 100-key multi-get is ~100 chunks, and
+    # sending those through sendmsg in batches (outside the batched sends of
+    # the epoll pass) halved mget100 (compare.py 1.0 -> 0.47 of memcached)
+    if sum(map(len, chunks)) <= JOIN_MAX:
         return [b"".join(chunks)]
     return chunks
 
