@@ -110,6 +110,10 @@ class HotKeys:
         sampled = 0
         while pos < n:
             key = keys[pos]
+            if key.__class__ is not bytes:
+                # a key may be a view or slice of a receive buffer (bytearray,
+                # memoryview): unhashable, and it would change under us
+                key = bytes(key)
             sampled += 1
             c = counts.get(key)
             if c is not None:

@@ -212,3 +212,14 @@ def test_merging_nodes_lists_sums_a_keys_counts_and_keeps_the_top():
     b = [(b"y", 30), (b"w", 45)]
     assert merge([a, b], 3) == [(b"y", 70), (b"x", 50), (b"w", 45)]
     assert merge([], 3) == []
+
+
+def test_keys_given_as_bytearray_or_memoryview_are_counted_as_bytes():
+    # protocols may hand the store a slice of their receive buffer; every one
+    # of those keys is sampled here, so none may be unhashable
+    from memd.hotkeys import HotKeys
+    hot = HotKeys(sample=1)          # every request counted
+    for _ in range(200):
+        hot.count(bytearray(b"ba"))
+        hot.count_many([memoryview(b"mv"), bytearray(b"ba")])
+    assert {bytes(k) for k, *_ in hot.top(2)} == {b"ba", b"mv"}
