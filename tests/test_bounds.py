@@ -264,3 +264,26 @@ def test_a_cachedump_streams_in_steps():
     assert len(steps) >= 3
     assert dump.count(b"ITEM ") == 5000
     assert dump.endswith(b"END\r\nVERSION %s\r\n" % node.version.encode())
+
+
+@pytest.mark.parametrize("recent_mb", [0, 64])
+def test_the_reply_size_the_protocol_counts_is_what_it_replies(recent_mb):
+    # the server joins or splits a reply by the size the protocol counted on
+    # the way (taken_bytes) instead of adding the chunks up again: that count
+    # must be exact whatever path produced the chunks
+    node = Node(NodeSettings(recent_replies_mb=recent_mb))
+    proto = protocol_for(node, ord("s"))
+    for i in range(50):
+        proto.feed(b"set k%d %d 0 %d\r\n%s\r\n" % (i, i * 1000, i, b"v" * i))
+    reads = [
+        b"get k1\r\n", b"get k1\r\nget k2\r\nget nope\r\n",
+        b"get " + b" ".join(b"k%d" % i for i in range(60)) + b"\r\n",
+        b"gets k3 k4 nope\r\n", b"get k5\r\nset k6 0 0 1\r\nx\r\nget k6 k7\r\n",
+        b"gets " + b" ".join(b"k%d" % i for i in range(50)) + b"\r\n",
+    ]
+    for _ in range(3):          # again, once the replies come from recent replies
+        for data in reads:
+            chunks = proto.receive(data)
+            assert proto.taken_bytes in (-1, sum(map(len, chunks)))
+            if data.startswith((b"get k", b"gets k")) and b"set" not in data:
+                assert proto.taken_bytes == sum(map(len, chunks)), data

@@ -47,7 +47,7 @@ LL = "4194304,16,64"
 
 
 def workload(items: int, n_keys: int, find: bool, go_file: str | None, recent: bool,
-             protocol: bool) -> None:
+             protocol: bool, per_get: int = 100) -> None:
     if protocol:    # a node as `memd -m 1024` makes it, and its text protocol
         node = Node(NodeSettings(memory_limit_mb=1024), clock=FakeClock())
         store, proto = node.store, TextProtocol(node, MetaCommands(node))
@@ -71,9 +71,9 @@ def workload(items: int, n_keys: int, find: bool, go_file: str | None, recent: b
     if protocol:
         def feed(keys: list) -> int:
             return len(proto.feed(b"get " + b" ".join(keys) + b"\r\n"))
-        for i in range(0, len(warm), 100):
-            feed(warm[i:i + 100])
-        replied = sum(map(feed, [keys[i:i + 100] for i in range(0, len(keys), 100)]))
+        for i in range(0, len(warm), per_get):
+            feed(warm[i:i + per_get])
+        replied = sum(map(feed, [keys[i:i + per_get] for i in range(0, len(keys), per_get)]))
         assert replied > len(keys) * 100
         return
     if find:
@@ -98,7 +98,8 @@ def under_valgrind(args) -> int:
                "--LL=" + LL, "--toggle-collect=map_next", "--callgrind-out-file=" + out,
                sys.executable, "-m", "tools.lookup_trace", "--items", str(args.items),
                "--keys", str(args.keys), "--go-file", go] + (["--find"] if args.find else []) \
-            + (["--recent"] if args.recent else []) + (["--protocol"] if args.protocol else [])
+            + (["--recent"] if args.recent else []) + (["--protocol"] if args.protocol else []) \
+            + ["--per-get", str(args.per_get)]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "filled"
         subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True,
@@ -114,7 +115,8 @@ def under_valgrind(args) -> int:
     totals = [int(x) for x in re.search(r"^totals: (.*)$", text, re.M).group(1).split()]
     per_key = {e: t / args.keys for e, t in zip(events, totals)}
     print("%s%s over %d items, %d keys: per key %s" % (
-        "find" if args.find else "TextProtocol.feed" if args.protocol else "fetch_text",
+        "find" if args.find else
+        "TextProtocol.feed, %d keys a get" % args.per_get if args.protocol else "fetch_text",
         " (recent replies on)" if args.recent or args.protocol else "",
         args.items, args.keys,
         ", ".join("%s %.1f" % (e, per_key[e]) for e in ("Ir", "D1mr", "DLmr", "D1mw", "DLmw"))))
@@ -133,10 +135,13 @@ def main(argv=None) -> int:
                     help="recent replies on, as in a node with -m 1024 (off: the index alone)")
     ap.add_argument("--protocol", action="store_true",
                     help="100-key text gets through TextProtocol.feed of a -m 1024 node")
+    ap.add_argument("--per-get", type=int, default=100,
+                    help="with --protocol: keys in each get line, each line fed by itself")
     args = ap.parse_args(argv)
     if args.valgrind:
         return under_valgrind(args)
-    workload(args.items, args.keys, args.find, args.go_file, args.recent, args.protocol)
+    workload(args.items, args.keys, args.find, args.go_file, args.recent, args.protocol,
+             args.per_get)
     return 0
 
 

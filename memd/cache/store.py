@@ -117,6 +117,7 @@ class ItemStore:
         self.watch = None          # a memd.watch.WatchHub when the node has one
         self.detail = None         # a PrefixStats while `stats detail on`
         self.crawl_requested = False
+        self.text_bytes = 0        # what the last fetch_text appended, in bytes
         self.next_cas = 1
         self.oldest_live = 0
         self.oldest_cas = 0
@@ -407,9 +408,11 @@ class ItemStore:
         reply that reached it): the connection's output bound.  ``keys`` may be
         an iterator; a stopped one goes on where it stopped.  A list of keys
         too short for recent replies (each at most MAX_REPLY) to reach half
-        the budget counts only the full lookups' bytes, against that half:
-        per-key counting on the recent-reply path cost mget100 8% of its
-        instructions.
+        the budget is checked against it only after full lookups.
+        ``text_bytes`` is left holding the exact bytes appended, so neither
+        the output bound nor the server adds up the chunks' lengths again
+        (two ``sum(map(len, ...))`` passes over a 100-key reply were 13% of
+        mget100's instructions).
 
         A key read lately is answered from ``recent`` (see recent.py): one
         dict lookup.  Any other key takes the full lookup, inlined with
@@ -440,12 +443,12 @@ class ItemStore:
                 recent_hits += 1
                 class_hits[entry[2]] += 1
                 append(entry[0])
+                size += entry[3]
                 if end_each:
                     append(b"END\r\n")
-                if counted:
-                    size += entry[3]
-                    if size >= budget:
-                        break
+                    size += 5
+                if counted and size >= budget:
+                    break
                 continue
             if not full_path:
                 # set up the full lookup only once a key needs it: a read
@@ -493,6 +496,7 @@ class ItemStore:
                 misses += 1
                 if end_each:
                     append(b"END\r\n")
+                    size += 5
                 if watching:
                     self._fetched(key, NIL, cfd)
                 continue
@@ -507,9 +511,10 @@ class ItemStore:
             vs = vstart[item]
             if with_cas:
                 append(page[off:off + vs - 2])
-                append(b" %d\r\n" % self.cas[item])
+                cas_end = b" %d\r\n" % self.cas[item]
+                append(cas_end)
                 append(page[off + vs:off + vs + vlen[item] + 2])
-                size += vs + vlen[item] + 22
+                size += vs + vlen[item] + len(cas_end)
             else:
                 reply = page[off:off + vs + vlen[item] + 2]
                 append(reply)
@@ -527,10 +532,12 @@ class ItemStore:
                         skipped += 1
             if end_each:
                 append(b"END\r\n")
+                size += 5
             if watching:
                 self._fetched(key, item, cfd)
             if size >= budget:
                 break
+        self.text_bytes = size
         recent.hits += recent_hits
         if full_path and remember:
             recent.skipped = skipped

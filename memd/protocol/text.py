@@ -245,8 +245,11 @@ class TextProtocol(Connection):
         stopped the run (the rest of the input is held)."""
         keys = buf[pos + 4:end - 2].split(b"\r\nget ")
         out = self.out
-        done = self.store.fetch_text(keys, out, False, True,
-                                     self.out_room() if out else self.out_limit, self.fd)
+        before = len(out)
+        store = self.store
+        done = store.fetch_text(keys, out, False, True,
+                                self.out_room() if out else self.out_limit, self.fd)
+        self.fetched(before, store.text_bytes)
         self.commands += done
         if done < len(keys):
             # each line is "get " + key + CRLF
@@ -421,10 +424,12 @@ class TextProtocol(Connection):
     def _multi_get(self, keys, with_cas: bool) -> None:
         """VALUE blocks and END; past the output bound the rest of the keys
         become a continuation, looked up as the reader takes the replies."""
-        done = self.store.fetch_text(keys, self.out, with_cas, False, self.out_room(),
-                                     self.fd)
+        out, store = self.out, self.store
+        before = len(out)
+        done = store.fetch_text(keys, out, with_cas, False, self.out_room(), self.fd)
         if done == len(keys):
-            self.out.append(END)
+            out.append(END)
+            self.fetched(before, store.text_bytes + 5)
         else:
             self._cont = self._more_gets(iter(keys[done:]), with_cas)
 

@@ -84,6 +84,9 @@ class Connection:
         self.out: list = []            # reply chunks not yet taken by the server
         self.out_bytes = 0             # bytes of out[:_counted]
         self._counted = 0
+        # what the last taken replies add up to, when every chunk was
+        # counted on the way (the server then need not add them up), else -1
+        self.taken_bytes = -1
         self.authenticated = node.auth is None
         self.out_limit = self._limit()
         self.fd = 0                    # set by the server (watch and stats conns)
@@ -144,6 +147,7 @@ class Connection:
         if not out:
             return []
         self.out = []
+        self.taken_bytes = self.out_bytes if self._counted == len(out) else -1
         self.out_bytes = self._counted = 0
         return out
 
@@ -185,8 +189,17 @@ class Connection:
         if not out:
             return []
         self.out = []
+        self.taken_bytes = self.out_bytes if self._counted == len(out) else -1
         self.out_bytes = self._counted = 0
         return out
+
+    def fetched(self, chunks_before: int, nbytes: int) -> None:
+        """The store appended ``nbytes`` (its exact count) to ``out``, which
+        held ``chunks_before`` chunks: count them without looking at them,
+        if everything before them was counted."""
+        if self._counted == chunks_before:
+            self.out_bytes += nbytes
+            self._counted = len(self.out)
 
     def out_full(self) -> bool:
         """Have the replies produced so far reached the output bound?
