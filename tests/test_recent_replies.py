@@ -160,3 +160,32 @@ def test_a_large_uniform_read_load_is_answered_exactly_while_sampling():
         assert out == [b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(k) * 3, k * 3) for k in keys]
     assert store.recent.sampling
     assert store.get_hits == 3 * len(keys) and store.get_misses == 0
+
+
+def test_a_load_that_thrashes_even_sampled_rests_then_gets_a_new_sampled_round(monkeypatch):
+    monkeypatch.setattr(R, "REST", 5000)
+    store = ItemStore(StoreSettings(mem_limit=64 << 20, recent_bytes=50 * (150 + R.ENTRY_OVERHEAD)),
+                      FakeClock())
+    keys = [b"key%d" % i for i in range(2000)]
+    for k in keys:
+        store.store(SET, k, 0, 0, k * 3)
+    expected = [b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(k) * 3, k * 3) for k in keys]
+    rested_at = None
+    for round_no in range(10):
+        out = []
+        store.fetch_text(keys, out)
+        assert out == expected
+        if not store.recent.active and rested_at is None:
+            rested_at = round_no
+    assert rested_at is not None and rested_at <= 2      # a sampled round, then rest
+    # resting, nothing is asked of (or added to) the shortcut; a change is
+    # still seen at once
+    store.recent.resting = 10
+    store.recent.active = False
+    store.store(SET, keys[0], 0, 0, b"new")
+    out = []
+    store.fetch_text(keys[:1], out)
+    assert out == [b"VALUE key0 0 3\r\nnew\r\n"]
+    store.fetch_text(keys[:20], [])
+    assert store.recent.active and store.recent.resting == 0
+    assert store.get_misses == 0

@@ -428,7 +428,7 @@ class ItemStore:
         if self._recent_flush_at and self._recent_flush_at <= now:
             recent.clear()               # a delayed flush_all took effect
             self._recent_flush_at = 0
-        remember = recent.budget > 0 and not (with_cas or self.watch or self.detail)
+        remember = recent.active and not (with_cas or self.watch or self.detail)
         recent_get = recent.replies.get if remember else _NO_REPLIES.get
         class_hits = self.class_get_hits
         append = out.append
@@ -538,10 +538,13 @@ class ItemStore:
             if size >= budget:
                 break
         self.text_bytes = size
-        recent.hits += recent_hits
-        if full_path and remember:
-            recent.skipped = skipped
         n = hits + recent_hits + misses
+        if remember:
+            recent.hits += recent_hits
+            if full_path:
+                recent.skipped = skipped
+        elif recent.resting:
+            recent.rested(n)
         self.cmd_get += n
         self.get_hits += hits + recent_hits
         self.get_misses += misses
