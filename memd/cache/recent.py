@@ -53,7 +53,11 @@ class RecentReplies:
         self.sampling = False
         self.skipped = 0       # misses passed over since the last sampled one
         self.resting = 0       # lookups left to go without (see above)
-        self.active = budget > 0
+
+    @property
+    def active(self) -> bool:
+        """Should the store ask here (and offer replies)?"""
+        return self.budget > 0 and not self.resting
 
     def admit(self, key: bytes, reply, until: int, cls_id: int) -> None:
         """Remember (a copy of) ``reply`` for ``key`` until the clock reaches
@@ -88,18 +92,14 @@ class RecentReplies:
     def _start_over(self) -> None:
         if self.sampling and self.hits < self.admitted:
             self.resting = REST
-            self.active = False
         self.sampling = self.hits < self.admitted
         self.hits = self.admitted = 0
         self.clear()
 
     def rested(self, lookups: int) -> None:
         """``lookups`` keys were looked up without asking here."""
-        self.resting -= lookups
-        if self.resting <= 0:
-            # a new round, sampled: a load that has become hot gets back in
-            self.resting = 0
-            self.active = self.budget > 0
+        # once done, a new round, sampled: a load that has become hot gets back in
+        self.resting = max(self.resting - lookups, 0)
 
     def forget(self, key: bytes) -> None:
         old = self.replies.pop(key, None)
