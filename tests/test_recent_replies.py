@@ -180,7 +180,7 @@ def test_a_load_that_thrashes_even_sampled_rests_then_gets_a_new_sampled_round(m
     assert rested_at is not None and rested_at <= 2      # a sampled round, then rest
     # resting, nothing is asked of (or added to) the shortcut; a change is
     # still seen at once
-    store.recent.resting = 10
+    store.recent.rest(10)
     assert not store.recent.active
     store.store(SET, keys[0], 0, 0, b"new")
     out = []

@@ -541,7 +541,11 @@ class ItemStore:
             if full_path:
                 recent.skipped = skipped
         elif recent.resting:
-            recent.rested(n)
+            # the rest counts down (recent.py); once out, a new sampled round,
+            # so a load that has become hot gets back in
+            recent.resting -= n
+            if recent.resting <= 0:
+                recent.rest(0)
         self.cmd_get += n
         self.get_hits += hits + recent_hits
         self.get_misses += misses
