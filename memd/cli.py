@@ -16,6 +16,7 @@ import os
 import sys
 
 from . import __version__
+from .hugepages import restart_with_huge_pages
 from .node import VERSION, Node, NodeSettings, listen_entry
 
 log = logging.getLogger("memd")
@@ -180,7 +181,8 @@ NO_EFFECT = {
     "threads": ("-t", "memd runs one event loop per process (run one node per core)"),
     "reqs_per_event": ("-R", "memd answers every command of a read before reading again"),
     "disable_cas": ("-C", "memd always keeps CAS values"),
-    "large_pages": ("-L", "memd's slab pages are ordinary Python buffers"),
+    "large_pages": ("-L", "memd uses transparent huge pages by default where glibc and the "
+                          "kernel allow (MEMD_HUGE_PAGES=0 turns them off)"),
     "disable_dumping": ("-X", "stats cachedump and lru_crawler metadump stay available"),
     "disable_watch": ("-W", "the watch command stays available"),
     "napi_ids": ("-N", "memd has no per-NAPI-id worker threads"),
@@ -240,7 +242,8 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
         help="chunk size growth factor")
     add("-n", "--slab-min-size", type=positive_int, default=d(48), metavar="BYTES",
         help="min space for key+value+flags")
-    switch("-L", "--enable-largepages", dest="large_pages", help="accepted; no effect in memd")
+    switch("-L", "--enable-largepages", dest="large_pages",
+           help="accepted; huge pages are on by default (MEMD_HUGE_PAGES=0: off)")
     add("-D", "--detail-delimiter", dest="detail_delimiter", type=one_char, default=d(":"), metavar="CHAR",
         help="delimiter between key prefixes and ids in `stats detail`")
     add("-t", "--threads", type=positive_int, default=d(1),
@@ -725,6 +728,10 @@ def build(args):
 
 
 def main(argv=None) -> None:
+    if argv is None:
+        # the command (not a caller passing argv in-process): slab pages on
+        # huge pages, which needs a fresh start (memd/hugepages.py)
+        restart_with_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, warnings = parse(argv)
