@@ -119,6 +119,12 @@ class Connection:
 
     # -- the server's side -------------------------------------------------------
 
+    def lone_get(self, data) -> bytes | None:
+        """The key, when ``data`` is one single-key text ``get`` that the
+        server may answer together with other connections' (see
+        TextProtocol.lone_get); None: hand ``data`` to ``receive``."""
+        return None
+
     @property
     def blocked(self) -> bool:
         """Parsing paused with work left (a long reply, or input not parsed yet)."""
