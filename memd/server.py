@@ -454,7 +454,13 @@ class Server:
                 # Each key leaves its VALUE block, if any, then its END.
                 out = []
                 try:
-                    store.fetch_text(lone_keys, out, False, True)
+                    if store.watch is None:
+                        store.fetch_text(lone_keys, out, False, True)
+                    else:
+                        # a watcher arrived during this pass: its lines name
+                        # each get's own connection, so one call a get
+                        for conn, key in zip(lone_conns, lone_keys):
+                            store.fetch_text([key], out, False, True, 1 << 62, conn.fd)
                 except Exception:
                     log.exception("lone gets of %d connections failed; closing them",
                                   len(lone_conns))
