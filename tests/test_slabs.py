@@ -158,9 +158,11 @@ def test_alloc_release_model(ops, limit_pages):
         live[cid] = cls_id
         assert a.id_class[cid] == cls_id
         page, off = a.id_page[cid], a.id_offset[cid]
-        assert a.page_class[page] == cls_id
-        # the get path's one-subscript view of the page agrees with the arrays
-        assert a.page_view[page] == (a.pages[page], a.page_first_id[page], cls.chunk_size, cls_id)
+        # the page's view: this page, an id block holding the chunk, its class
+        view_page, first, chunk, view_cls = a.page_view[page]
+        assert view_page is a.pages[page]
+        assert (chunk, view_cls) == (cls.chunk_size, cls_id)
+        assert first <= cid < first + cls.per_page and off == (cid - first) * chunk
         assert off % cls.chunk_size == 0 and off + cls.chunk_size <= a.page_size
         assert (page, off) not in where
         where.add((page, off))

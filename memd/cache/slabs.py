@@ -109,12 +109,10 @@ class SlabAllocator:
         self.classes: list[SlabClass | None] = [None] + [
             SlabClass(i + 1, size, self.page_size) for i, size in enumerate(self.sizes)]
         self.pages: list[bytearray] = []
-        self.page_class = array("B")
-        self.page_first_id = array("I")
-        self.page_chunk = array("I")        # chunk size of each page's class
         self.page_block = array("I")        # ids reserved for each page
-        # per page, what a get hit needs of it in one subscript: (the page,
-        # its first id, chunk size, class).  Three typed-array reads per key
+        # per page: (the page, its first id, its class's chunk size, its
+        # class; 0, 0, 0 while no class owns it).  One tuple, so a get hit
+        # reads all of it with one subscript: three typed-array reads per key
         # were 5% of a multi-get's instructions (tools/lookup_trace).
         self.page_view: list[tuple[bytearray, int, int, int]] = []
         self.spare_blocks: list[tuple[int, int]] = []   # (first id, count) of moved pages
@@ -148,11 +146,11 @@ class SlabAllocator:
 
     def offset_of(self, cid: int) -> int:
         """Where chunk ``cid`` starts in its page."""
-        page = self.id_page[cid]
-        return (cid - self.page_first_id[page]) * self.page_chunk[page]
+        _, first, chunk, _ = self.page_view[self.id_page[cid]]
+        return (cid - first) * chunk
 
     def class_of(self, cid: int) -> int:
-        return self.page_class[self.id_page[cid]]
+        return self.page_view[self.id_page[cid]][3]
 
     # -- classes ---------------------------------------------------------------
 
@@ -182,7 +180,7 @@ class SlabAllocator:
         return cid
 
     def release(self, cid: int) -> None:
-        cls = self.classes[self.page_class[self.id_page[cid]]]
+        cls = self.classes[self.page_view[self.id_page[cid]][3]]
         cls.used -= 1
         # a chunk on a page being moved away must not be handed out again
         if self.id_page[cid] != self.draining:
@@ -190,7 +188,7 @@ class SlabAllocator:
 
     def start_draining(self, page_no: int) -> None:
         """Stop handing out chunks of ``page_no`` (its class is about to lose it)."""
-        cls = self.classes[self.page_class[page_no]]
+        cls = self.classes[self.page_view[page_no][3]]
         ids = self.page_ids(page_no)
         lo, hi = ids.start, ids.stop
         cls.free = array("i", (c for c in cls.free if not lo <= c < hi))
@@ -235,9 +233,6 @@ class SlabAllocator:
             return False
         page_no = len(self.pages)
         self.pages.append(bytearray(self.page_size))
-        self.page_class.append(0)
-        self.page_first_id.append(0)
-        self.page_chunk.append(0)
         self.page_block.append(0)
         self.page_view.append((self.pages[page_no], 0, 0, 0))
         self.malloced += self.page_size
@@ -262,9 +257,6 @@ class SlabAllocator:
         """Hand an unowned page to a class, with a block of ids for its chunks."""
         n = cls.per_page
         first, count = self._id_block(n)
-        self.page_class[page_no] = cls.id
-        self.page_first_id[page_no] = first
-        self.page_chunk[page_no] = cls.chunk_size
         self.page_block[page_no] = count
         self.page_view[page_no] = (self.pages[page_no], first, cls.chunk_size, cls.id)
         id_page = self.id_page
@@ -275,9 +267,8 @@ class SlabAllocator:
         cls.end_left = n
 
     def page_ids(self, page_no: int) -> range:
-        cls = self.classes[self.page_class[page_no]]
-        first = self.page_first_id[page_no]
-        return range(first, first + cls.per_page)
+        _, first, _, cls_id = self.page_view[page_no]
+        return range(first, first + self.classes[cls_id].per_page)
 
     def take_page(self, page_no: int) -> None:
         """Take an emptied page away from its class; its id block becomes spare.
@@ -289,11 +280,10 @@ class SlabAllocator:
         if self.draining != page_no:
             self.start_draining(page_no)
         self.draining = -1
-        cls = self.classes[self.page_class[page_no]]
+        cls = self.classes[self.page_view[page_no][3]]
         ids = self.page_ids(page_no)
         lo = ids.start
         cls.pages.remove(page_no)
-        self.page_class[page_no] = 0
         self.page_view[page_no] = (self.pages[page_no], 0, 0, 0)
         self.spare_blocks.append((lo, self.page_block[page_no]))
 
@@ -302,24 +292,23 @@ class SlabAllocator:
 class _ClassOf:
     """``id_class[cid]``: the class of a chunk, from its page."""
 
-    __slots__ = ("id_page", "page_class")
+    __slots__ = ("id_page", "page_view")
 
     def __init__(self, slabs: SlabAllocator) -> None:
-        self.id_page, self.page_class = slabs.id_page, slabs.page_class
+        self.id_page, self.page_view = slabs.id_page, slabs.page_view
 
     def __getitem__(self, cid: int) -> int:
-        return self.page_class[self.id_page[cid]]
+        return self.page_view[self.id_page[cid]][3]
 
 
 class _OffsetOf:
     """``id_offset[cid]``: where a chunk starts in its page."""
 
-    __slots__ = ("id_page", "page_first_id", "page_chunk")
+    __slots__ = ("id_page", "page_view")
 
     def __init__(self, slabs: SlabAllocator) -> None:
-        self.id_page, self.page_first_id = slabs.id_page, slabs.page_first_id
-        self.page_chunk = slabs.page_chunk
+        self.id_page, self.page_view = slabs.id_page, slabs.page_view
 
     def __getitem__(self, cid: int) -> int:
-        page = self.id_page[cid]
-        return (cid - self.page_first_id[page]) * self.page_chunk[page]
+        _, first, chunk, _ = self.page_view[self.id_page[cid]]
+        return (cid - first) * chunk

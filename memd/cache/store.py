@@ -95,8 +95,7 @@ class ItemStore:
         self.id_page = slabs.id_page
         self.id_offset = slabs.id_offset
         self.id_class = slabs.id_class
-        self._page_first = slabs.page_first_id
-        self._page_chunk = slabs.page_chunk
+        self._page_view = slabs.page_view
         rec = slabs.records
         self.lru = LRU(len(slabs.sizes), rec.prev, rec.next)
         self.index = HashIndex(self._key_at, hashes=rec.hash, chain=rec.chain, klen=rec.klen)
@@ -176,9 +175,9 @@ class ItemStore:
 
     def _key_at(self, item: int, n: int) -> bytes:
         # slabs.offset_of inlined: this runs on every index match
-        pg = self.id_page[item]
-        off = (item - self._page_first[pg]) * self._page_chunk[pg] + KEY_OFFSET
-        return self.pages[pg][off:off + n]
+        page, first, chunk, _ = self._page_view[self.id_page[item]]
+        off = (item - first) * chunk + KEY_OFFSET
+        return page[off:off + n]
 
     def abs_exptime(self, exptime: int, now: int) -> int:
         """memcached's realtime(): client exptime → absolute seconds (0 = never)."""
