@@ -446,33 +446,7 @@ class Server:
                 self._queue(conn, chunks)
                 self._drain(conn)
             if lone_keys:
-                # One store call for the pass's lone gets, as for one multi-get:
-                # a lone get through the parser paid fetch_text's set-up (a
-                # third of its cost) by itself.  The gets are of different
-                # connections, all read before any reply of this pass is sent,
-                # so answering them together reorders nothing a client can see.
-                # Each key leaves its VALUE block, if any, then its END.
-                out = []
-                try:
-                    if store.watch is None:
-                        store.fetch_text(lone_keys, out, False, True)
-                    else:
-                        # a watcher arrived during this pass: its lines name
-                        # each get's own connection, so one call a get
-                        for conn, key in zip(lone_conns, lone_keys):
-                            store.fetch_text([key], out, False, True, 1 << 62, conn.fd)
-                except Exception:
-                    log.exception("lone gets of %d connections failed; closing them",
-                                  len(lone_conns))
-                    for conn in lone_conns:
-                        self._close(conn)
-                else:
-                    chunks = iter(out)
-                    for conn in lone_conns:
-                        reply = next(chunks)
-                        if reply != END:
-                            reply += next(chunks)
-                        replies.append((conn, reply))
+                self._answer_lone_gets(lone_conns, lone_keys, replies)
             if runnable:
                 # connections paused at their output bound whose replies are
                 # all sent: one more step each, then the others get their turn
@@ -509,6 +483,35 @@ class Server:
             if store.watch is not None:
                 self._deliver_watch()
             await checkpoint()
+
+    def _answer_lone_gets(self, conns: list, keys: list, replies: list) -> None:
+        """One store call for the lone gets of a pass, as for one multi-get:
+        a lone get through the parser paid fetch_text's set-up (a third of its
+        cost) by itself.  The gets are of different connections, all read
+        before any reply of this pass is sent, so answering them together
+        reorders nothing a client can see.  Each key leaves its VALUE block,
+        if any, then its END; each connection's reply joins ``replies``."""
+        store = self.node.store
+        out: list = []
+        try:
+            if store.watch is None:
+                store.fetch_text(keys, out, False, True)
+            else:
+                # a watcher arrived during this pass: its lines name each
+                # get's own connection, so one call a get
+                for conn, key in zip(conns, keys):
+                    store.fetch_text([key], out, False, True, cfd=conn.fd)
+        except Exception:
+            log.exception("lone gets of %d connections failed; closing them", len(conns))
+            for conn in conns:
+                self._close(conn)
+            return
+        chunks = iter(out)
+        for conn in conns:
+            reply = next(chunks)
+            if reply != END:
+                reply += next(chunks)
+            replies.append((conn, reply))
 
     def _protocol(self, first_byte: int, fd: int):
         """A new connection's protocol: by its first byte, unless -B fixes it."""

@@ -52,9 +52,10 @@ GET_COMMANDS = (b"get", b"gets", b"gat", b"gats", b"bget")
 # pipelined read: matched and split in C instead of line by line.  Keys hold
 # no space, CR, LF or NUL and are 1..KEY_MAX bytes; anything else takes the
 # general path, which has memcached's rules for it.
-_GET_RUN = re.compile(rb"(?:get [^ \r\n\x00]{1,%d}\r\n)+" % KEY_MAX).match
-# one line of _GET_RUN, the whole input
-_LONE_GET = re.compile(rb"get [^ \r\n\x00]{1,%d}\r\n" % KEY_MAX).fullmatch
+_GET_LINE = rb"get [^ \r\n\x00]{1,%d}\r\n" % KEY_MAX
+_GET_RUN = re.compile(rb"(?:%s)+" % _GET_LINE).match
+# one such line, the whole input (TextProtocol.lone_get)
+_LONE_GET = re.compile(_GET_LINE).fullmatch
 
 
 def _uriencode(key: bytes) -> bytes:
