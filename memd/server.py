@@ -382,69 +382,84 @@ class Server:
             # lone single-key gets (TextProtocol.lone_get), answered together
             lone_conns = []
             lone_keys = []
-            for fd, ev in events:
-                conn = conns.get(fd)
-                if conn is None:
-                    continue
-                if conn.mask != EPOLLIN:
-                    # sending (EPOLLOUT) or paused: never read here
-                    if conn.queue:
-                        self._drain(conn)
-                    elif ev & (EPOLLHUP | EPOLLERR):
+            batch = events
+            read_now = None
+            while True:
+                for fd, ev in batch:
+                    conn = conns.get(fd)
+                    if conn is None:
+                        continue
+                    if conn.mask != EPOLLIN:
+                        # sending (EPOLLOUT) or paused: never read here
+                        if conn.queue:
+                            self._drain(conn)
+                        elif ev & (EPOLLHUP | EPOLLERR):
+                            self._close(conn)
+                        continue
+                    sock = conn.sock
+                    try:
+                        n = sock.recv_into(rbuf, conn.recv_size)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
                         self._close(conn)
-                    continue
-                sock = conn.sock
-                try:
-                    n = sock.recv_into(rbuf, conn.recv_size)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    self._close(conn)
-                    continue
-                if not n:
-                    self._close(conn)
-                    continue
-                nread += n
-                proto = conn.proto
-                data = bytes(rview[:n])
-                if trace:
-                    # -vv: what memcached -vv shows, a line per request and reply
-                    log.debug("<%d %r", fd, data[:120])
-                try:
-                    if proto is None:
-                        proto = conn.proto = conn.info.proto = self._protocol(data[0], fd)
-                    key = None if trace else proto.lone_get(data)
-                    if key is None:
-                        chunks = proto.receive(data)
-                except Exception:
-                    log.exception("connection %d: protocol failure; closing it", fd)
-                    self._close(conn)
-                    continue
-                if trace:
-                    log.debug(">%d %r", fd, b"".join(chunks)[:120])
-                if proto.commands != conn.commands:
-                    # idle means no complete command: a slow-loris trickle is idle
-                    conn.commands = proto.commands
-                    conn.info.last_cmd = now
-                    if conn.recv_size != RECV_SIZE and proto.authenticated:
-                        conn.recv_size = RECV_SIZE
-                if key is not None:
-                    lone_conns.append(conn)
-                    lone_keys.append(key)
-                    continue
-                if proto.closed:
-                    conn.closing = True
-                elif chunks and proto._cont is None and proto._held is None:
-                    # the common case: a reply of a few chunks, nothing left to do
-                    if len(chunks) == 1:
-                        replies.append((conn, chunks[0]))
                         continue
-                    chunks = coalesce(chunks, proto.taken_bytes)
-                    if len(chunks) == 1:
-                        replies.append((conn, chunks[0]))
+                    if not n:
+                        self._close(conn)
                         continue
-                self._queue(conn, chunks)
-                self._drain(conn)
+                    nread += n
+                    proto = conn.proto
+                    data = bytes(rview[:n])
+                    if trace:
+                        # -vv: what memcached -vv shows, a line per request and reply
+                        log.debug("<%d %r", fd, data[:120])
+                    try:
+                        if proto is None:
+                            proto = conn.proto = conn.info.proto = self._protocol(data[0], fd)
+                        key = None if trace else proto.lone_get(data)
+                        if key is None:
+                            chunks = proto.receive(data)
+                    except Exception:
+                        log.exception("connection %d: protocol failure; closing it", fd)
+                        self._close(conn)
+                        continue
+                    if trace:
+                        log.debug(">%d %r", fd, b"".join(chunks)[:120])
+                    if proto.commands != conn.commands:
+                        # idle means no complete command: a slow-loris trickle is idle
+                        conn.commands = proto.commands
+                        conn.info.last_cmd = now
+                        if conn.recv_size != RECV_SIZE and proto.authenticated:
+                            conn.recv_size = RECV_SIZE
+                    if key is not None:
+                        lone_conns.append(conn)
+                        lone_keys.append(key)
+                        continue
+                    if proto.closed:
+                        conn.closing = True
+                    elif chunks and proto._cont is None and proto._held is None:
+                        # the common case: a reply of a few chunks, nothing left to do
+                        if len(chunks) == 1:
+                            replies.append((conn, chunks[0]))
+                            continue
+                        chunks = coalesce(chunks, proto.taken_bytes)
+                        if len(chunks) == 1:
+                            replies.append((conn, chunks[0]))
+                            continue
+                    self._queue(conn, chunks)
+                    self._drain(conn)
+                if read_now is not None or len(events) < 2:
+                    break
+                # One more look before replying: requests that arrived while
+                # this pass read the others join it, rather than wait behind
+                # the whole of the next pass (those were c50's slowest 10%:
+                # its p99 went from 1.50 to 1.15-1.25x memcached's).  A
+                # connection read once this pass waits for the next, so its
+                # replies keep their order.
+                read_now = dict(events)
+                batch = [e for e in ep.poll(0) if e[0] not in read_now]
+                if not batch:
+                    break
             if lone_keys:
                 self._answer_lone_gets(lone_conns, lone_keys, replies)
             if runnable:

@@ -93,3 +93,49 @@ def test_a_get_line_that_arrives_as_a_value_block_is_stored_as_data(any_server, 
         assert s.recv(100) == b"STORED\r\n"
         s.sendall(b"get %s\r\n" % key)
         assert _read_reply(s, 100) == b"VALUE %s 0 9\r\nget abc\r\n\r\nEND\r\n" % key
+
+
+def _read_exactly(s: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = s.recv(n - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_a_connection_that_sends_again_within_a_pass_keeps_its_replies_in_order(
+        any_server, key_prefix):
+    # Each connection sends a get, a set and a get of its own key as three
+    # separate segments, all connections' first gets before any set: a pass
+    # that looks for more ready sockets before replying finds the later
+    # segments of connections it has already read (they must wait for the
+    # next pass), next to connections it has not.  Each connection must see
+    # the old value, STORED, then the new value, whatever came in which pass.
+    conns, rounds = 30, 12
+    keys = [f"{key_prefix}o{i}".encode() for i in range(conns)]
+    socks = _connect(any_server, conns)
+
+    def value(i: int, r: int) -> bytes:
+        return b"%d.%d" % (i, r) * (1 + (i + r) % 5)
+
+    def hit(i: int, r: int) -> bytes:
+        return b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (keys[i], len(value(i, r)), value(i, r))
+
+    try:
+        for r in range(rounds):
+            for i, s in enumerate(socks):
+                s.sendall(b"get %s\r\n" % keys[i])
+            for i, s in enumerate(socks):
+                v = value(i, r)
+                s.sendall(b"set %s 0 0 %d\r\n%s\r\n" % (keys[i], len(v), v))
+            for i, s in enumerate(socks):
+                s.sendall(b"get %s\r\n" % keys[i])
+            for i, s in enumerate(socks):
+                before = hit(i, r - 1) if r else b"END\r\n"
+                expected = before + b"STORED\r\n" + hit(i, r)
+                assert _read_exactly(s, len(expected)) == expected, (r, i)
+    finally:
+        for s in socks:
+            s.close()
