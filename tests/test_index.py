@@ -19,12 +19,12 @@ class Keys:
 
     def __init__(self, n: int, power: int = 4) -> None:
         self.keys: list[bytes] = [b""] * n
-        self.index = HashIndex(self.key_at, power=power)
+        self.index = HashIndex(self.key_is, power=power)
         for arr in (self.index.hash, self.index.chain, self.index.klen):
             arr.frombytes(bytes(n * arr.itemsize))
 
-    def key_at(self, item: int, n: int) -> bytes:
-        return self.keys[item][:n]
+    def key_is(self, item: int, key: bytes) -> bool:
+        return self.keys[item] == key
 
     def add(self, item: int, key: bytes, h: int | None = None) -> None:
         self.keys[item] = key

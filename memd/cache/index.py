@@ -36,11 +36,13 @@ def _empty_buckets(power: int) -> array:
 
 
 class HashIndex:
-    def __init__(self, key_at, power: int = INITIAL_POWER,
+    def __init__(self, key_is, power: int = INITIAL_POWER,
                  hashes=None, chain=None, klen=None) -> None:
-        # key_at(item, n) -> the first n bytes of the item's key in its chunk;
-        # hashes, chain, klen: per-item sequences (record fields), or arrays
-        self.key_at = key_at
+        # key_is(item, key) -> whether the item's chunk holds ``key`` (asked
+        # only when the hash bits and the length match, so it compares the
+        # bytes in place); hashes, chain, klen: per-item sequences (record
+        # fields), or arrays
+        self.key_is = key_is
         self.power = power
         self.buckets = _empty_buckets(power)
         self.mask = (1 << power) - 1
@@ -67,7 +69,7 @@ class HashIndex:
         n = len(key)
         h &= HASH_BITS
         while item != NIL:
-            if hashes[item] == h and self.klen[item] == n and self.key_at(item, n) == key:
+            if hashes[item] == h and self.klen[item] == n and self.key_is(item, key):
                 return item
             item = chain[item]
         return NIL

@@ -56,6 +56,11 @@ _GET_LINE = rb"get [^ \r\n\x00]{1,%d}\r\n" % KEY_MAX
 _GET_RUN = re.compile(rb"(?:%s)+" % _GET_LINE).match
 # one such line, the whole input (TextProtocol.lone_get)
 _LONE_GET = re.compile(_GET_LINE).fullmatch
+# a storage line the set fast path can take as it is: a key within the limit
+# and three plain decimal numbers of at most 9 digits (so flags fit 32 bits
+# and exptime is positive), CRLF; anything else takes the general path
+_SIMPLE_SET = re.compile(rb"set ([^ \r\n\x00]{1,%d}) (\d{1,9}) (\d{1,9}) (\d{1,9})\r\n"
+                         % KEY_MAX).match
 
 
 def _uriencode(key: bytes) -> bytes:
@@ -290,6 +295,15 @@ class TextProtocol(Connection):
                         self.hold(buf, pos)
                         return
                     continue
+            elif authenticated and buf.startswith(b"set ", pos):
+                # the other hot path: a simple set with its data block here
+                m = _SIMPLE_SET(buf, pos)
+                if m is not None:
+                    end = self._fast_set(m, buf)
+                    if end:
+                        self.commands += 1
+                        pos = end
+                        continue
             eol = buf.find(b"\n", pos)
             if eol < 0:
                 self.rbuf.keep(buf, pos)
@@ -308,13 +322,6 @@ class TextProtocol(Connection):
                     if self._cont is not None or self.out_full():
                         self.hold(buf, pos)
                         return
-                    continue
-            elif authenticated and line[:4] == b"set ":
-                # the other hot path: `set <key> <flags> <exptime> <bytes>` with
-                # plain small numbers and its data already here
-                used = self._fast_set(line, buf, pos)
-                if used:
-                    pos += used
                     continue
             if not self._run_line(line, authenticated):
                 return
@@ -364,33 +371,24 @@ class TextProtocol(Connection):
         cb(buf[pos:pos + need])
         return pos + need
 
-    def _fast_set(self, line: bytes, buf: bytes, pos: int) -> int:
-        """Store a simple set whose data block is in ``buf`` at ``pos``; return
-        the bytes of data consumed, or 0 to leave it to the general path.
-
-        Only what cannot need any of memcached's error or number-parsing rules
-        qualifies: five plain tokens, decimal numbers of at most 9 digits (so
-        flags fit 32 bits and exptime is positive), a key within the limit,
-        no NUL, and the whole data block present with its CRLF.
-        """
-        parts = line.split(b" ")
-        if len(parts) != 5 or b"\0" in line:
-            return 0
-        _, key, flags, exptime, vlen = parts
-        if not (0 < len(key) <= KEY_MAX and flags.isdigit() and exptime.isdigit()
-                and vlen.isdigit() and len(flags) < 10 and len(exptime) < 10 and len(vlen) < 10):
-            return 0
-        vlen = int(vlen)
-        end = pos + vlen
-        if end + 2 > len(buf) or buf[end:end + 2] != b"\r\n":
+    def _fast_set(self, m, buf: bytes) -> int:
+        """Store the simple set ``m`` matched (_SIMPLE_SET) if its data block
+        is in ``buf`` with its CRLF; return where parsing goes on, or 0 to
+        leave the line to the general path (which has every error rule)."""
+        key, flags, exptime, vlen = m.groups()
+        pos = m.end()
+        end = pos + int(vlen)
+        if buf[end:end + 2] != b"\r\n":
             return 0
         store = self.store
-        flags = int(flags)
-        if store.too_large(len(key), vlen, flags):
+        # (the common "0" needs no int())
+        flags = 0 if flags == b"0" else int(flags)
+        if store.too_large(len(key), end - pos, flags):
             return 0
-        self._stored(store.store(st.SET, key, flags, int(exptime), buf[pos:end],
-                                 cfd=self.fd), False)
-        return vlen + 2
+        self.out.append(STORE_REPLIES[store.store(
+            st.SET, key, flags, 0 if exptime == b"0" else int(exptime), buf[pos:end],
+            cfd=self.fd)])
+        return end + 2
 
     def _check_long_line(self, head: bytes, length: int) -> None:
         """memcached closes on a 2 KB line without a newline unless it is a
