@@ -48,19 +48,20 @@ STORE_MODES = {b"set": st.SET, b"add": st.ADD, b"replace": st.REPLACE,
 
 
 GET_COMMANDS = (b"get", b"gets", b"gat", b"gats", b"bget")
+# A key the fast paths below take as it is: no space, CR, LF or NUL, and
+# 1..KEY_MAX bytes.  Anything else takes the general path, which has
+# memcached's rules for it.
+_PLAIN_KEY = rb"[^ \r\n\x00]{1,%d}" % KEY_MAX
 # A run of well-formed single-key gets ("get <key>\r\n" ...), the bulk of a
-# pipelined read: matched and split in C instead of line by line.  Keys hold
-# no space, CR, LF or NUL and are 1..KEY_MAX bytes; anything else takes the
-# general path, which has memcached's rules for it.
-_GET_LINE = rb"get [^ \r\n\x00]{1,%d}\r\n" % KEY_MAX
+# pipelined read: matched and split in C instead of line by line.
+_GET_LINE = rb"get %s\r\n" % _PLAIN_KEY
 _GET_RUN = re.compile(rb"(?:%s)+" % _GET_LINE).match
 # one such line, the whole input (TextProtocol.lone_get)
 _LONE_GET = re.compile(_GET_LINE).fullmatch
-# a storage line the set fast path can take as it is: a key within the limit
-# and three plain decimal numbers of at most 9 digits (so flags fit 32 bits
-# and exptime is positive), CRLF; anything else takes the general path
-_SIMPLE_SET = re.compile(rb"set ([^ \r\n\x00]{1,%d}) (\d{1,9}) (\d{1,9}) (\d{1,9})\r\n"
-                         % KEY_MAX).match
+# a storage line the set fast path can take as it is: a plain key and three
+# plain decimal numbers of at most 9 digits (so flags fit 32 bits and
+# exptime is positive), CRLF; anything else takes the general path
+_SIMPLE_SET = re.compile(rb"set (%s) (\d{1,9}) (\d{1,9}) (\d{1,9})\r\n" % _PLAIN_KEY).match
 
 
 def _uriencode(key: bytes) -> bytes:
