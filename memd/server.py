@@ -45,7 +45,7 @@ import trio
 
 from .node import ConnInfo, Node, listen_entry
 from .protocol import BINARY_REQUEST_MAGIC, protocol_for
-from .protocol.text import END
+from .protocol.text import LONE_GET
 from .protocol.wire import PREAUTH_INPUT
 
 log = logging.getLogger("memd")
@@ -90,7 +90,7 @@ class Conn:
     """
 
     __slots__ = ("sock", "fd", "proto", "queue", "queued", "info", "closing", "commands",
-                 "recv_size", "mask")
+                 "recv_size", "mask", "at_rest")
 
     def __init__(self, sock: socket.socket, info: ConnInfo, recv_size: int) -> None:
         self.sock = sock
@@ -103,6 +103,9 @@ class Conn:
         self.commands = 0          # the protocol's command count at the last look
         self.recv_size = recv_size # small until the peer has authenticated
         self.mask = EPOLLIN        # what the fd is registered for
+        # the protocol's at_rest() after its last receive or resume: while
+        # true, an input that is one single-key get is answered in the pass
+        self.at_rest = False
 
 
 def coalesce(chunks: list, total: int = -1):
@@ -384,6 +387,8 @@ class Server:
             lone_keys = []
             batch = events
             read_now = None
+            # (a watcher wants each get's own line; -vv each request's)
+            lone_ok = store.watch is None and not trace
             while True:
                 for fd, ev in batch:
                     conn = conns.get(fd)
@@ -413,12 +418,17 @@ class Server:
                     if trace:
                         # -vv: what memcached -vv shows, a line per request and reply
                         log.debug("<%d %r", fd, data[:120])
+                    if conn.at_rest and lone_ok and LONE_GET(data) is not None:
+                        # the commonest request: no protocol call at all
+                        conn.info.last_cmd = now
+                        lone_conns.append(conn)
+                        lone_keys.append(data[4:-2])
+                        continue
                     try:
                         if proto is None:
                             proto = conn.proto = conn.info.proto = self._protocol(data[0], fd)
-                        key = None if trace else proto.lone_get(data)
-                        if key is None:
-                            chunks = proto.receive(data)
+                        chunks = proto.receive(data)
+                        conn.at_rest = proto.at_rest()
                     except Exception:
                         log.exception("connection %d: protocol failure; closing it", fd)
                         self._close(conn)
@@ -431,10 +441,6 @@ class Server:
                         conn.info.last_cmd = now
                         if conn.recv_size != RECV_SIZE and proto.authenticated:
                             conn.recv_size = RECV_SIZE
-                    if key is not None:
-                        lone_conns.append(conn)
-                        lone_keys.append(key)
-                        continue
                     if proto.closed:
                         conn.closing = True
                     elif chunks and proto._cont is None and proto._held is None:
@@ -469,6 +475,7 @@ class Server:
                     runnable.discard(conn)
                     try:
                         chunks = conn.proto.resume()
+                        conn.at_rest = conn.proto.at_rest()
                     except Exception:
                         log.exception("connection %d: protocol failure; closing it", conn.fd)
                         self._close(conn)
@@ -505,7 +512,7 @@ class Server:
         cost) by itself.  The gets are of different connections, all read
         before any reply of this pass is sent, so answering them together
         reorders nothing a client can see.  Each key leaves its VALUE block,
-        if any, then its END; each connection's reply joins ``replies``."""
+        if any, and its END, in one chunk: each connection's reply joins ``replies``."""
         store = self.node.store
         out: list = []
         try:
@@ -521,12 +528,7 @@ class Server:
             for conn in conns:
                 self._close(conn)
             return
-        chunks = iter(out)
-        for conn in conns:
-            reply = next(chunks)
-            if reply != END:
-                reply += next(chunks)
-            replies.append((conn, reply))
+        replies += zip(conns, out)      # a chunk a get (end_each)
 
     def _protocol(self, first_byte: int, fd: int):
         """A new connection's protocol: by its first byte, unless -B fixes it."""

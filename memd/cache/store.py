@@ -36,6 +36,8 @@ from .recent import MAX_REPLY, SAMPLE, RecentReplies
 from ..hotkeys import HotKeys
 from .slabs import SlabAllocator
 
+END_LINE = b"END\r\n"      # what ends a get's reply (fetch_text's end_each)
+
 # results of store()
 STORED, NOT_STORED, EXISTS, NOT_FOUND, TOO_LARGE, NO_MEMORY = range(6)
 # store() modes
@@ -404,7 +406,10 @@ class ItemStore:
         return how many keys were looked up.
 
         With ``end_each`` every key is its own single-key get and gets its own
-        END (the parser batches a pipeline of those into one call).  Once the
+        END (the parser batches a pipeline of those into one call, and the
+        server a pass's lone gets): each key then leaves exactly one chunk,
+        its VALUE block and END together (so the server pairs chunks with
+        connections by ``zip``), unless ``with_cas``.  Once the
         replies appended reach ``budget`` bytes the lookups stop (after the
         reply that reached it): the connection's output bound.  ``keys`` may be
         an iterator; a stopped one goes on where it stopped.  A list of keys
@@ -444,11 +449,12 @@ class ItemStore:
             if remember and (entry := recent_get(key)) is not None and now < entry[1]:
                 recent_hits += 1
                 class_hits[entry[2]] += 1
-                append(entry[0])
-                size += entry[3]
                 if end_each:
-                    append(b"END\r\n")
-                    size += 5
+                    append(entry[0] + END_LINE)
+                    size += entry[3] + 5
+                else:
+                    append(entry[0])
+                    size += entry[3]
                 if counted and size >= budget:
                     break
                 continue
@@ -496,7 +502,7 @@ class ItemStore:
             if item == NIL:
                 misses += 1
                 if end_each:
-                    append(b"END\r\n")
+                    append(END_LINE)
                     size += 5
                 if watching:
                     self._fetched(key, NIL, cfd)
@@ -515,10 +521,17 @@ class ItemStore:
                 append(cas_end)
                 append(page[off + vs:off + vs + vlen[item] + 2])
                 size += vs + vlen[item] + len(cas_end)
+                if end_each:
+                    append(END_LINE)
+                    size += 5
             else:
                 reply = page[off:off + vs + vlen[item] + 2]
-                append(reply)
-                size += len(reply)
+                if end_each:
+                    append(reply + END_LINE)
+                    size += len(reply) + 5
+                else:
+                    append(reply)
+                    size += len(reply)
                 if remember:
                     # recent.admit's sampling, inlined (a call per key was 14%
                     # of this loop): while the replies are not earning their
@@ -530,9 +543,6 @@ class ItemStore:
                         add(key, reply, exp if exp and exp < until else until, cls_id)
                     else:
                         skipped += 1
-            if end_each:
-                append(b"END\r\n")
-                size += 5
             if watching:
                 self._fetched(key, item, cfd)
             if size >= budget:

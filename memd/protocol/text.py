@@ -56,8 +56,8 @@ _PLAIN_KEY = rb"[^ \r\n\x00]{1,%d}" % KEY_MAX
 # pipelined read: matched and split in C instead of line by line.
 _GET_LINE = rb"get %s\r\n" % _PLAIN_KEY
 _GET_RUN = re.compile(rb"(?:%s)+" % _GET_LINE).match
-# one such line, the whole input (TextProtocol.lone_get)
-_LONE_GET = re.compile(_GET_LINE).fullmatch
+# one such line, the whole input (TextProtocol.at_rest)
+LONE_GET = re.compile(_GET_LINE).fullmatch
 # a storage line the set fast path can take as it is: a plain key and three
 # plain decimal numbers of at most 9 digits (so flags fit 32 bits and
 # exptime is positive), CRLF; anything else takes the general path
@@ -207,21 +207,19 @@ class TextProtocol(Connection):
     def _reading_value(self) -> bool:
         return self._on_data is not None
 
-    def lone_get(self, data) -> bytes | None:
-        """The key, when ``data`` is exactly one single-key ``get`` and this
-        connection has nothing else in hand (no input or reply held, no value
-        block pending, authenticated, not watching, no watchers to tell): the
-        commonest request of all.  The command is counted as taken; the server
-        answers the lone gets of a whole epoll pass with one ``fetch_text``
-        call, so a multi-get's set-up is paid once a pass instead of once a
-        request.  None: hand ``data`` to ``receive`` as usual."""
-        if (self._on_data is not None or self._cont is not None or self._held is not None
-                or self._swallow or self.rbuf.data or self.watching or self.closed
-                or not self.authenticated or self.store.watch is not None
-                or _LONE_GET(data) is None):
-            return None
-        self.commands += 1
-        return data[4:-2]
+    def at_rest(self) -> bool:
+        """Nothing in hand: no input or reply held, no value block pending,
+        authenticated, not watching, not closing.  The server asks this after
+        each ``receive`` or ``resume`` (the only calls that change those) and,
+        while it holds, takes an input that is exactly one single-key ``get``
+        (``LONE_GET``) itself: it answers the lone gets of a whole epoll pass
+        with one ``fetch_text`` call, so a multi-get's set-up is paid once a
+        pass instead of once a request, and such a get costs no call here.
+        (Watchers, which want each get's own line, are checked by the server
+        once a pass.)"""
+        return not (self._on_data is not None or self._cont is not None or self._held is not None
+                    or self._swallow or self.rbuf.data or self.watching or self.closed
+                    or not self.authenticated)
 
     # -- input ------------------------------------------------------------------
 

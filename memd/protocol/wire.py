@@ -119,11 +119,9 @@ class Connection:
 
     # -- the server's side -------------------------------------------------------
 
-    def lone_get(self, data) -> bytes | None:
-        """The key, when ``data`` is one single-key text ``get`` that the
-        server may answer together with other connections' (see
-        TextProtocol.lone_get); None: hand ``data`` to ``receive``."""
-        return None
+    def at_rest(self) -> bool:
+        """Whether the next input may be taken as a lone get (TextProtocol.at_rest)."""
+        return False
 
     @property
     def blocked(self) -> bool:
