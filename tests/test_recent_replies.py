@@ -204,3 +204,26 @@ def test_each_single_key_get_of_a_batch_leaves_one_chunk_with_its_end():
         assert out == [hit, miss, hit, hit, miss]
         assert store.text_bytes == sum(map(len, out))
     assert store.recent.hits > 0
+
+
+def test_a_sampled_round_that_earns_no_hits_rests_without_waiting_to_fill():
+    recent = R.RecentReplies(budget=64 << 20)
+    reply = b"x" * 100
+    recent.sampling = True                    # an earlier round thrashed
+    for i in range(R.VERDICT * R.SAMPLE):
+        recent.admit(b"k%d" % i, reply, 1 << 40, 1)
+    assert recent.active                      # VERDICT admissions so far, far from full
+    recent.admit(b"one more", reply, 1 << 40, 1)
+    for i in range(R.SAMPLE):
+        recent.admit(b"j%d" % i, reply, 1 << 40, 1)
+    assert not recent.active and recent.resting == R.REST and not recent.replies
+
+
+def test_a_sampled_round_whose_entries_are_read_again_goes_on():
+    recent = R.RecentReplies(budget=64 << 20)
+    reply = b"x" * 100
+    recent.sampling = True
+    for i in range(2 * R.VERDICT * R.SAMPLE):
+        recent.admit(b"k%d" % i, reply, 1 << 40, 1)
+        recent.hits += 1                      # every lookup of a hot set hits
+    assert recent.active and len(recent.replies) == 2 * R.VERDICT
