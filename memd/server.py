@@ -413,17 +413,18 @@ class Server:
                         self._close(conn)
                         continue
                     nread += n
+                    if conn.at_rest and lone_ok and LONE_GET(rbuf, 0, n) is not None:
+                        # the commonest request: no protocol call at all (and
+                        # matched in the buffer: only the key is copied out)
+                        conn.info.last_cmd = now
+                        lone_conns.append(conn)
+                        lone_keys.append(rview[4:n - 2].tobytes())
+                        continue
                     proto = conn.proto
                     data = bytes(rview[:n])
                     if trace:
                         # -vv: what memcached -vv shows, a line per request and reply
                         log.debug("<%d %r", fd, data[:120])
-                    if conn.at_rest and lone_ok and LONE_GET(data) is not None:
-                        # the commonest request: no protocol call at all
-                        conn.info.last_cmd = now
-                        lone_conns.append(conn)
-                        lone_keys.append(data[4:-2])
-                        continue
                     try:
                         if proto is None:
                             proto = conn.proto = conn.info.proto = self._protocol(data[0], fd)
