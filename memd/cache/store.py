@@ -700,7 +700,8 @@ class ItemStore:
         if counted:
             self.cmd_set += 1
             if old >= 0:
-                self.slabs.classes[self.id_class[old]].cmd_set += 1
+                # (the class from the page's view: id_class[] is a Python call)
+                self.slabs.classes[self._page_view[self.id_page[old]][3]].cmd_set += 1
         if mode == SET:
             pass
         elif mode == ADD:

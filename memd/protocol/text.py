@@ -384,9 +384,9 @@ class TextProtocol(Connection):
         flags = 0 if flags == b"0" else int(flags)
         if store.too_large(len(key), end - pos, flags):
             return 0
-        self.out.append(STORE_REPLIES[store.store(
+        self.out.append(STORE_REPLIES[store.write(
             st.SET, key, flags, 0 if exptime == b"0" else int(exptime), buf[pos:end],
-            cfd=self.fd)])
+            cfd=self.fd)[0]])
         return end + 2
 
     def _check_long_line(self, head: bytes, length: int) -> None:
