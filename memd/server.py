@@ -518,18 +518,18 @@ class Server:
         out: list = []
         try:
             if store.watch is None:
-                store.fetch_text(keys, out, False, True)
+                store.fetch_text(keys, out, False, True, joined=True)
             else:
                 # a watcher arrived during this pass: its lines name each
                 # get's own connection, so one call a get
                 for conn, key in zip(conns, keys):
-                    store.fetch_text([key], out, False, True, cfd=conn.fd)
+                    store.fetch_text([key], out, False, True, cfd=conn.fd, joined=True)
         except Exception:
             log.exception("lone gets of %d connections failed; closing them", len(conns))
             for conn in conns:
                 self._close(conn)
             return
-        replies += zip(conns, out)      # a chunk a get (end_each)
+        replies += zip(conns, out)      # a chunk a get (joined)
 
     def _protocol(self, first_byte: int, fd: int):
         """A new connection's protocol: by its first byte, unless -B fixes it."""

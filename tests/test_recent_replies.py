@@ -191,7 +191,7 @@ def test_a_load_that_thrashes_even_sampled_rests_then_gets_a_new_sampled_round(m
     assert store.get_misses == 0
 
 
-def test_each_single_key_get_of_a_batch_leaves_one_chunk_with_its_end():
+def test_each_single_key_get_of_a_joined_batch_leaves_one_chunk_with_its_end():
     # the server pairs a pass's lone gets with their connections by zip
     # (server._answer_lone_gets): one chunk a key, whichever path answered it
     store = ItemStore(StoreSettings(mem_limit=64 << 20), FakeClock())
@@ -199,9 +199,13 @@ def test_each_single_key_get_of_a_batch_leaves_one_chunk_with_its_end():
     keys = [b"a", b"nope", b"a", b"a", b"nope"]
     for round_no in range(3):             # full lookups first, then recent replies
         out = []
-        assert store.fetch_text(keys, out, False, True) == len(keys)
+        assert store.fetch_text(keys, out, False, True, joined=True) == len(keys)
         hit, miss = b"VALUE a 3 3\r\nxyz\r\nEND\r\n", b"END\r\n"
         assert out == [hit, miss, hit, hit, miss]
+        assert store.text_bytes == sum(map(len, out))
+        out = []                          # a pipeline's: the blocks and ENDs apart
+        store.fetch_text(keys, out, False, True)
+        assert b"".join(out) == hit + miss + hit + hit + miss
         assert store.text_bytes == sum(map(len, out))
     assert store.recent.hits > 0
 

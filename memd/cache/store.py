@@ -401,15 +401,17 @@ class ItemStore:
     # -- commands ----------------------------------------------------------------
 
     def fetch_text(self, keys, out: list, with_cas: bool = False, end_each: bool = False,
-                   budget: int = 1 << 62, cfd: int = 0) -> int:
+                   budget: int = 1 << 62, cfd: int = 0, joined: bool = False) -> int:
         """The text get/gets hot path: append one VALUE block per hit to ``out``;
         return how many keys were looked up.
 
         With ``end_each`` every key is its own single-key get and gets its own
         END (the parser batches a pipeline of those into one call, and the
-        server a pass's lone gets): each key then leaves exactly one chunk,
-        its VALUE block and END together (so the server pairs chunks with
-        connections by ``zip``), unless ``with_cas``.  Once the
+        server a pass's lone gets).  With ``joined`` as well, each key leaves
+        exactly one chunk, its VALUE block and END together, so the server
+        pairs chunks with connections by ``zip`` (not with ``with_cas``).  A
+        pipeline's chunks are joined into one reply anyway, so there the
+        block and its END stay apart rather than be copied once more.  Once the
         replies appended reach ``budget`` bytes the lookups stop (after the
         reply that reached it): the connection's output bound.  ``keys`` may be
         an iterator; a stopped one goes on where it stopped.  A list of keys
@@ -450,7 +452,11 @@ class ItemStore:
                 recent_hits += 1
                 class_hits[entry[2]] += 1
                 if end_each:
-                    append(entry[0] + END_LINE)
+                    if joined:
+                        append(entry[0] + END_LINE)
+                    else:
+                        append(entry[0])
+                        append(END_LINE)
                     size += entry[3] + 5
                 else:
                     append(entry[0])
@@ -527,7 +533,11 @@ class ItemStore:
             else:
                 reply = page[off:off + vs + vlen[item] + 2]
                 if end_each:
-                    append(reply + END_LINE)
+                    if joined:
+                        append(reply + END_LINE)
+                    else:
+                        append(reply)
+                        append(END_LINE)
                     size += len(reply) + 5
                 else:
                     append(reply)
