@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 from memd.cache.records import RECORD
-from memd.cache.slabs import (CHUNK_ALIGN, MAX_CLASSES, MEMCACHED_ITEM_HEADER, PAGE_SIZE,
+from memd.cache.slabs import (BLOCK_BYTES, CHUNK_ALIGN, ID_BLOCK, MAX_CLASSES, MEMCACHED_ITEM_HEADER, PAGE_SIZE,
                               SlabAllocator, class_sizes)
 
 # `memcached -vv` (1.6.18) prints its classes at start-up; below its largest
@@ -92,8 +92,10 @@ def test_accounting_charges_pages_and_per_chunk_metadata():
     cls = a.classes[3]
     a.alloc(3)
     assert a.bytes_per_id == RECORD + 8       # the item record and the extra array
-    assert a.accounted == PAGE_SIZE + cls.per_page * a.bytes_per_id
-    assert len(extra) == a.n_ids == cls.per_page
+    # the page's ids come in whole blocks, each with its page number and view
+    ids = -(-cls.per_page // ID_BLOCK) * ID_BLOCK
+    assert a.accounted == PAGE_SIZE + ids * a.bytes_per_id + ids // ID_BLOCK * BLOCK_BYTES
+    assert len(extra) == a.n_ids == ids
 
 
 def test_register_after_pages_grows_array_to_id_space():
@@ -109,8 +111,10 @@ def test_register_after_pages_grows_array_to_id_space():
 
 
 def page_cost(a: SlabAllocator, cls) -> int:
-    """What one more page costs against -m: the page and its chunks' metadata."""
-    return a.page_size + cls.per_page * a.bytes_per_id
+    """What one more page costs against -m: the page and its chunks' metadata
+    (its ids in whole blocks, each block with its page number and view)."""
+    ids = -(-cls.per_page // ID_BLOCK) * ID_BLOCK
+    return a.page_size + ids * a.bytes_per_id + ids // ID_BLOCK * BLOCK_BYTES
 
 # big classes (few chunks a page) so a few MB of limit is reached quickly
 BIG_CLASSES = list(range(30, 43))

@@ -11,6 +11,7 @@ from hypothesis import event, given, settings
 from memd.cache import store as S
 from memd.cache.clock import FakeClock
 from memd.cache.lru import NIL
+from memd.cache.slabs import BLOCK_BYTES, ID_BLOCK
 from memd.cache.store import ItemStore, StoreSettings
 
 MB = 1 << 20
@@ -27,7 +28,9 @@ def linked_items(s: ItemStore) -> list[int]:
 
 def first_page_costs(s: ItemStore) -> int:
     a = s.slabs
-    return sum(a.page_size + c.per_page * a.bytes_per_id for c in a.classes[1:] if c.pages)
+    # a page's ids come in whole blocks, each with its page number and view
+    ids = [-(-c.per_page // ID_BLOCK) * ID_BLOCK for c in a.classes[1:] if c.pages]
+    return sum(a.page_size + n * a.bytes_per_id + n // ID_BLOCK * BLOCK_BYTES for n in ids)
 
 
 def check_consistency(s: ItemStore) -> None:

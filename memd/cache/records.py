@@ -1,4 +1,4 @@
-"""Item records: every per-item field, interleaved, one 48-byte record per id.
+"""Item records: every per-item field, interleaved, one 40-byte record per id.
 
 A lookup over a large store used to read about ten separate per-id arrays
 (hash, chain link, page, offset, key length, expiry, access time, flags
@@ -6,24 +6,29 @@ bits, class, value start and length).  Over a million items each of those
 reads was a cache miss of its own, and a miss costs more than the
 interpreter's work around it.  Here the fields of one item sit next to
 each other, as memcached's item header does, so a lookup touches the
-record's line (the fields it needs are in the first 32 bytes) and then the
+record's line (the fields it needs are in the first 24 bytes) and then the
 chunk:
 
     byte  0 hash     I   low 32 bits of the key's xxh3 (a filter: the key
                          itself is always compared in the chunk)
           4 chain    i   next item in the hash bucket, -1 ends
-          8 page     I   slab page number (the offset and class follow
-                         from the page: see SlabAllocator.offset_of)
-         12 vlen     I   value length
-         16 exptime  I   absolute expiry, 0 = never
-         20 atime    I   last access (LRU bump) time
-         24 flags    I   client flags
-         28 vstart   H   where the value starts in the chunk
-         30 klen     B   key length
-         31 iflags   B   LINKED / FETCHED / STALE / WIN_SENT / KEY_BINARY
-         32 cas      Q
-         40 prev     i   LRU links, -1 ends
-         44 next     i
+          8 vlen     I   value length
+         12 exptime  I   absolute expiry, 0 = never
+         16 atime    I   last access (LRU bump) time
+         20 vstart   H   where the value starts in the chunk
+         22 klen     B   key length
+         23 iflags   B   LINKED / FETCHED / STALE / WIN_SENT / KEY_BINARY
+         24 cas      Q
+         32 prev     i   LRU links, -1 ends
+         36 next     i
+
+Two things an item has are not here.  Its page follows from its id: ids
+come in 64-aligned blocks of one page each (``SlabAllocator.block_view``),
+and the chunk's offset and class follow from the page.  Its client flags
+are in the chunk, as the digits of its ``VALUE`` line, and are read from
+there (``ItemStore.flags``) by the few paths that want them as a number.
+That is 8 bytes an item fewer than a page number and a flags field, 4% of
+a small item's memory (docs/storage.md).
 
 Each field is exposed as a strided ``memoryview`` over the records, so
 ``records.cas[item]`` reads and writes like the ``array`` it replaces, at
@@ -42,13 +47,12 @@ from __future__ import annotations
 import mmap
 import sys
 
-RECORD = 48
+RECORD = 40
 # name: (struct format, byte offset in the record)
 FIELDS = {
-    "hash": ("I", 0), "chain": ("i", 4), "page": ("I", 8), "vlen": ("I", 12),
-    "exptime": ("I", 16), "atime": ("I", 20), "flags": ("I", 24), "vstart": ("H", 28),
-    "klen": ("B", 30), "iflags": ("B", 31), "cas": ("Q", 32), "prev": ("i", 40),
-    "next": ("i", 44),
+    "hash": ("I", 0), "chain": ("i", 4), "vlen": ("I", 8), "exptime": ("I", 12),
+    "atime": ("I", 16), "vstart": ("H", 20), "klen": ("B", 22), "iflags": ("B", 23),
+    "cas": ("Q", 24), "prev": ("i", 32), "next": ("i", 36),
 }
 _SIZES = {"B": 1, "H": 2, "i": 4, "I": 4, "Q": 8}
 # ids are 32-bit signed in chains, LRU links and buckets

@@ -2,14 +2,17 @@
 
 Every item lives in one chunk of one slab page (a ``bytearray``).  An item is
 known by its *id*, a small integer; everything about an item other than its
-bytes lives in its 48-byte record (records.py), whose fields the store, the
+bytes lives in its 40-byte record (records.py), whose fields the store, the
 index and the LRU read as per-id views.  That keeps millions of items out of
 Python's object model: no per-item objects for the garbage collector to walk,
-48 bytes of metadata per item, and a hard bound on memory.
+40 bytes of metadata per item, and a hard bound on memory.
 
-Ids come in blocks, one block per page, so an item's chunk offset and class
-follow from its page (``offset_of``, ``class_of``) and are not stored per
-item.
+Ids come in blocks, one block per page, so an item's page, chunk offset and
+class follow from its id and are not stored per item.  A page's block
+starts at a multiple of ID_BLOCK ids and spans whole multiples of it, so
+``block_view[cid >> ID_SHIFT]`` is the page's view (one list subscript,
+where a page number in the record cost 4 bytes an item and a read); a page
+leaves at most ID_BLOCK - 1 ids unused (2.5 KB of records a 1 MiB page).
 
 Memory accounting: ``-m`` bounds the pages *and* the metadata of the chunks
 they hold, so the limit is a limit on what the cache really uses.  As in
@@ -30,6 +33,10 @@ PAGE_SIZE = 1 << 20
 MEMCACHED_ITEM_HEADER = 48
 CHUNK_ALIGN = 8
 MAX_CLASSES = 63
+ID_SHIFT = 6
+ID_BLOCK = 1 << ID_SHIFT        # ids of one page start and end on these
+BLOCK_BYTES = 4 + 8             # a block's page number and its list slot
+UNOWNED = (bytearray(), 0, 0, 0)    # the view of ids no page holds
 
 
 def class_sizes(largest: int, factor: float, min_size: int) -> list[int]:
@@ -118,7 +125,10 @@ class SlabAllocator:
         self.spare_blocks: list[tuple[int, int]] = []   # (first id, count) of moved pages
         self.draining = -1                  # page being emptied for a move, or -1
         self.records = ItemRecords(self._max_ids())
-        self.id_page = self.records.page
+        # per block of ID_BLOCK ids: its page's number (-1: none) and view
+        self.block_page = array("i")
+        self.block_view: list[tuple[bytearray, int, int, int]] = []
+        self.id_page = _PageOf(self)
         # read-only per-id views for callers that index them like the record fields
         self.id_offset = _OffsetOf(self)
         self.id_class = _ClassOf(self)
@@ -128,8 +138,11 @@ class SlabAllocator:
 
     def _max_ids(self) -> int:
         """Ids the memory limit can ever need: the records it can pay for, plus
-        the first page of every class (which may exceed the limit)."""
-        return self.mem_limit // RECORD + sum(self.page_size // size for size in self.sizes)
+        the first page of every class (which may exceed the limit), plus
+        what rounding each page's ids to whole blocks can leave unused."""
+        pages = self.mem_limit // self.page_size + len(self.sizes) + 1
+        return (self.mem_limit // RECORD + sum(self.page_size // size for size in self.sizes)
+                + pages * ID_BLOCK)
 
     # -- per-id metadata -------------------------------------------------------
 
@@ -146,11 +159,11 @@ class SlabAllocator:
 
     def offset_of(self, cid: int) -> int:
         """Where chunk ``cid`` starts in its page."""
-        _, first, chunk, _ = self.page_view[self.id_page[cid]]
+        _, first, chunk, _ = self.block_view[cid >> ID_SHIFT]
         return (cid - first) * chunk
 
     def class_of(self, cid: int) -> int:
-        return self.page_view[self.id_page[cid]][3]
+        return self.block_view[cid >> ID_SHIFT][3]
 
     # -- classes ---------------------------------------------------------------
 
@@ -180,10 +193,10 @@ class SlabAllocator:
         return cid
 
     def release(self, cid: int) -> None:
-        cls = self.classes[self.page_view[self.id_page[cid]][3]]
+        cls = self.classes[self.block_view[cid >> ID_SHIFT][3]]
         cls.used -= 1
         # a chunk on a page being moved away must not be handed out again
-        if self.id_page[cid] != self.draining:
+        if self.block_page[cid >> ID_SHIFT] != self.draining:
             cls.free.append(cid)
 
     def start_draining(self, page_no: int) -> None:
@@ -199,12 +212,15 @@ class SlabAllocator:
     @property
     def accounted(self) -> int:
         """What ``-m`` bounds: the pages plus the metadata of every id they hold."""
-        return self.malloced + self.n_ids * self.bytes_per_id
+        return self.malloced + self.n_ids * self.bytes_per_id + (self.n_ids >> ID_SHIFT) * BLOCK_BYTES
+
+    def _ids_cost(self, n: int) -> int:
+        return n * self.bytes_per_id + (n >> ID_SHIFT) * BLOCK_BYTES
 
     def _ids_to_add(self, cls: SlabClass, freed_block: int = 0) -> int:
         """New ids a page for ``cls`` would cost (0 when a spare block fits,
         including the block of a page about to be moved)."""
-        n = cls.per_page
+        n = _whole_blocks(cls.per_page)
         if freed_block >= n or any(count >= n for _, count in self.spare_blocks):
             return 0
         return n
@@ -215,7 +231,7 @@ class SlabAllocator:
             return False        # only when the address space could not be reserved
         if not cls.pages:
             return True         # as memcached: every class may have its first page
-        cost = self.page_size + new_ids * self.bytes_per_id
+        cost = self.page_size + self._ids_cost(new_ids)
         return self.accounted + cost <= self.mem_limit
 
     def can_receive(self, cls: SlabClass, src: SlabClass) -> bool:
@@ -224,8 +240,8 @@ class SlabAllocator:
         Moving towards larger chunks reuses the moved page's own id block;
         moving towards smaller ones may need more ids than the limit allows.
         """
-        new_ids = self._ids_to_add(cls, freed_block=src.per_page)
-        return not new_ids or (self.accounted + new_ids * self.bytes_per_id <= self.mem_limit
+        new_ids = self._ids_to_add(cls, freed_block=_whole_blocks(src.per_page))
+        return not new_ids or (self.accounted + self._ids_cost(new_ids) <= self.mem_limit
                                and self.n_ids + new_ids <= self.records.capacity)
 
     def _grow(self, cls: SlabClass) -> bool:
@@ -240,7 +256,9 @@ class SlabAllocator:
         return True
 
     def _id_block(self, n: int) -> tuple[int, int]:
-        """A block of at least ``n`` ids: the smallest spare one that fits, or new ids."""
+        """A block of at least ``n`` ids, in whole ID_BLOCKs: the smallest spare
+        one that fits, or new ids."""
+        n = _whole_blocks(n)
         best = -1
         for i, (_, count) in enumerate(self.spare_blocks):
             if count >= n and (best < 0 or count < self.spare_blocks[best][1]):
@@ -250,6 +268,8 @@ class SlabAllocator:
         first = self.n_ids
         for arr in self._id_arrays:
             arr.frombytes(bytes(n * arr.itemsize))
+        self.block_page.frombytes(b"\xff" * (4 * (n >> ID_SHIFT)))      # -1: no page
+        self.block_view.extend([UNOWNED] * (n >> ID_SHIFT))
         self.n_ids += n
         return first, n
 
@@ -258,10 +278,8 @@ class SlabAllocator:
         n = cls.per_page
         first, count = self._id_block(n)
         self.page_block[page_no] = count
-        self.page_view[page_no] = (self.pages[page_no], first, cls.chunk_size, cls.id)
-        id_page = self.id_page
-        for i in range(first, first + n):
-            id_page[i] = page_no
+        self.page_view[page_no] = view = (self.pages[page_no], first, cls.chunk_size, cls.id)
+        self._own_blocks(first, count, page_no, view)
         cls.pages.append(page_no)
         cls.end_next = first
         cls.end_left = n
@@ -286,29 +304,52 @@ class SlabAllocator:
         cls.pages.remove(page_no)
         self.page_view[page_no] = (self.pages[page_no], 0, 0, 0)
         self.spare_blocks.append((lo, self.page_block[page_no]))
+        self._own_blocks(lo, self.page_block[page_no], -1, UNOWNED)
 
+    def _own_blocks(self, first: int, count: int, page_no: int, view: tuple) -> None:
+        """Point the id blocks of ``first``..``first + count`` at a page (or none)."""
+        for b in range(first >> ID_SHIFT, (first + count) >> ID_SHIFT):
+            self.block_page[b] = page_no
+            self.block_view[b] = view
+
+
+
+def _whole_blocks(n: int) -> int:
+    return (n + ID_BLOCK - 1) & -ID_BLOCK
+
+
+class _PageOf:
+    """``id_page[cid]``: the number of a chunk's page."""
+
+    __slots__ = ("block_page",)
+
+    def __init__(self, slabs: SlabAllocator) -> None:
+        self.block_page = slabs.block_page
+
+    def __getitem__(self, cid: int) -> int:
+        return self.block_page[cid >> ID_SHIFT]
 
 
 class _ClassOf:
     """``id_class[cid]``: the class of a chunk, from its page."""
 
-    __slots__ = ("id_page", "page_view")
+    __slots__ = ("block_view",)
 
     def __init__(self, slabs: SlabAllocator) -> None:
-        self.id_page, self.page_view = slabs.id_page, slabs.page_view
+        self.block_view = slabs.block_view
 
     def __getitem__(self, cid: int) -> int:
-        return self.page_view[self.id_page[cid]][3]
+        return self.block_view[cid >> ID_SHIFT][3]
 
 
 class _OffsetOf:
     """``id_offset[cid]``: where a chunk starts in its page."""
 
-    __slots__ = ("id_page", "page_view")
+    __slots__ = ("block_view",)
 
     def __init__(self, slabs: SlabAllocator) -> None:
-        self.id_page, self.page_view = slabs.id_page, slabs.page_view
+        self.block_view = slabs.block_view
 
     def __getitem__(self, cid: int) -> int:
-        _, first, chunk, _ = self.page_view[self.id_page[cid]]
+        _, first, chunk, _ = self.block_view[cid >> ID_SHIFT]
         return (cid - first) * chunk

@@ -13,9 +13,9 @@ Item layout in its chunk (chosen so a text ``get`` hit is one slice)::
 so ``chunk[:vstart + vlen + 2]`` is the complete reply for a hit.  The six
 bytes of "VALUE " cost nothing for most items (chunk sizes step by 25%) and
 save a list append and a join part per key of a multi-get.  Everything else
-about an item lives in its 48-byte record, whose fields are per-id views
-(``self.cas[item]``; see records.py); its chunk offset and class follow from
-its page (slabs.py).
+about an item lives in its 40-byte record, whose fields are per-id views
+(``self.cas[item]``; see records.py); its page, chunk offset and class
+follow from its id (slabs.py), its client flags are read from its chunk.
 
 Time follows memcached: whole seconds from the clock, expiry times stored
 as absolute Unix seconds (0 = never), ``flush_all`` recorded as an
@@ -34,7 +34,7 @@ from .index import HASH_BITS, HashIndex
 from .lru import LRU, NIL
 from .recent import MAX_REPLY, SAMPLE, RecentReplies
 from ..hotkeys import HotKeys
-from .slabs import SlabAllocator
+from .slabs import ID_SHIFT, SlabAllocator
 
 END_LINE = b"END\r\n"      # what ends a get's reply (fetch_text's end_each)
 
@@ -97,12 +97,12 @@ class ItemStore:
         self.id_page = slabs.id_page
         self.id_offset = slabs.id_offset
         self.id_class = slabs.id_class
-        self._page_view = slabs.page_view
+        self._block_view = slabs.block_view      # per id block: its page's view
         rec = slabs.records
         self.lru = LRU(len(slabs.sizes), rec.prev, rec.next)
         self.index = HashIndex(self._key_is, hashes=rec.hash, chain=rec.chain, klen=rec.klen)
         self.klen = rec.klen
-        self.flags = rec.flags
+        self.flags = _FlagsOf(self)              # read from the chunk (records.py)
         self.exptime = rec.exptime
         self.atime = rec.atime
         self.cas = rec.cas
@@ -110,7 +110,7 @@ class ItemStore:
         self.vlen = rec.vlen
         self.iflags = rec.iflags
         # what describes an item, copied when it moves to another chunk
-        self.item_arrays = (self.klen, self.flags, self.exptime, self.atime, self.cas,
+        self.item_arrays = (self.klen, self.exptime, self.atime, self.cas,
                             self.vstart, self.vlen, self.iflags)
         self.rebalancer = None     # set by cache.rebalance.Rebalancer
         self.watch = None          # a memd.watch.WatchHub when the node has one
@@ -128,7 +128,7 @@ class ItemStore:
         self.class_get_hits = [0] * len(slabs.classes)
         # the arrays the read path needs, fetched with one attribute load (they
         # only ever grow in place, so the tuple stays valid)
-        self._hot_arrays = (self.index.hash, self.klen, self.id_page, slabs.page_view,
+        self._hot_arrays = (self.index.hash, self.klen, slabs.block_view,
                             self.vstart, self.vlen, self.exptime, self.atime, self.iflags)
         self.recent = RecentReplies(s.recent_bytes if s.recent_bytes >= 0 else s.mem_limit // 16)
         self._recent_flush_at = 0      # when a delayed flush_all takes effect
@@ -178,11 +178,11 @@ class ItemStore:
     def _key_is(self, item: int, key: bytes) -> bool:
         """Whether the item's key starts with ``key`` (the index has checked
         the length): compared in the page, no slice made."""
-        page, first, chunk, _ = self._page_view[self.id_page[item]]
+        page, first, chunk, _ = self._block_view[item >> ID_SHIFT]
         return page.startswith(key, (item - first) * chunk + KEY_OFFSET)
 
     def _key_at(self, item: int, n: int) -> bytes:
-        page, first, chunk, _ = self._page_view[self.id_page[item]]
+        page, first, chunk, _ = self._block_view[item >> ID_SHIFT]
         off = (item - first) * chunk + KEY_OFFSET
         return page[off:off + n]
 
@@ -333,13 +333,12 @@ class ItemStore:
         item = self._alloc(cls_id, now)
         if item < 0:
             return -1
-        page, first, chunk, _ = self._page_view[self.id_page[item]]
+        page, first, chunk, _ = self._block_view[item >> ID_SHIFT]
         off = (item - first) * chunk
         page[off:off + total] = text
         self.klen[item] = klen
         self.vstart[item] = vstart
         self.vlen[item] = vlen
-        self.flags[item] = flags
         self.exptime[item] = exp
         self.atime[item] = now
         self.cas[item] = cas or self.new_cas()
@@ -369,17 +368,23 @@ class ItemStore:
 
     def value_of(self, item: int) -> bytes:
         off = self.slabs.offset_of(item) + self.vstart[item]
-        return bytes(self.pages[self.id_page[item]][off:off + self.vlen[item]])
+        return bytes(self._block_view[item >> ID_SHIFT][0][off:off + self.vlen[item]])
 
     def value_view(self, item: int) -> memoryview:
         """The value without copying (valid until the item changes)."""
         off = self.slabs.offset_of(item) + self.vstart[item]
-        return memoryview(self.pages[self.id_page[item]])[off:off + self.vlen[item]]
+        return memoryview(self._block_view[item >> ID_SHIFT][0])[off:off + self.vlen[item]]
+
+    def value_line(self, item: int) -> bytes:
+        """The value and its CRLF (meta's ``mg`` with ``v``)."""
+        page, first, chunk, _ = self._block_view[item >> ID_SHIFT]
+        off = (item - first) * chunk + self.vstart[item]
+        return page[off:off + self.vlen[item] + 2]
 
     def text_value(self, item: int) -> bytes:
         """``VALUE <key> <flags> <bytes>\\r\\n<value>\\r\\n``: a get hit's reply."""
         off = self.slabs.offset_of(item)
-        return self.pages[self.id_page[item]][off:off + self.vstart[item] + self.vlen[item] + 2]
+        return self._block_view[item >> ID_SHIFT][0][off:off + self.vstart[item] + self.vlen[item] + 2]
 
     def ttl_of(self, item: int, now: int | None = None) -> int:
         """Seconds left to live, -1 for never (meta's t flag)."""
@@ -474,7 +479,7 @@ class ItemStore:
                 old = index.old
                 buckets, mask = index.buckets, index.mask
                 old_mask, migrated = index.old_mask, index.migrated
-                (hashes, klen, id_page, page_view,
+                (hashes, klen, block_view,
                  vstart, vlen, exptime, atime, iflags) = self._hot_arrays
                 chain = index.chain
                 oldest_live = self.oldest_live
@@ -492,7 +497,7 @@ class ItemStore:
             # other line a hit reads
             while item != NIL:
                 if hashes[item] == h and klen[item] == len(key):
-                    page, first, chunk, cls_id = page_view[id_page[item]]
+                    page, first, chunk, cls_id = block_view[item >> ID_SHIFT]
                     off = (item - first) * chunk
                     # startswith compares in place: no slice object per lookup
                     if page.startswith(key, off + KEY_OFFSET):
@@ -711,7 +716,7 @@ class ItemStore:
             self.cmd_set += 1
             if old >= 0:
                 # (the class from the page's view: id_class[] is a Python call)
-                self.slabs.classes[self._page_view[self.id_page[old]][3]].cmd_set += 1
+                self.slabs.classes[self._block_view[old >> ID_SHIFT][3]].cmd_set += 1
         if mode == SET:
             pass
         elif mode == ADD:
@@ -770,7 +775,7 @@ class ItemStore:
         total = KEY_OFFSET + klen + len(tail)
         vstart = total - vlen - 2
         # (slabs.class_of and offset_of, from one read of the page's view)
-        page, first, chunk, cls_id = self._page_view[self.id_page[item]]
+        page, first, chunk, cls_id = self._block_view[item >> ID_SHIFT]
         if total > chunk or (cls_id > 1 and total <= self.slabs.sizes[cls_id - 2]):
             return False        # it belongs in another class
         self.invalidate(item, key)
@@ -782,7 +787,6 @@ class ItemStore:
         self.bytes += total - old_total
         self.vstart[item] = vstart
         self.vlen[item] = vlen
-        self.flags[item] = flags
         self.exptime[item] = exp
         self.atime[item] = now
         self.cas[item] = self.new_cas()
@@ -893,7 +897,7 @@ class ItemStore:
             # memcached rewrites in place, padding with spaces to the old length
             off = self.id_offset[item] + self.vstart[item]
             self.invalidate(item, key)
-            self.pages[self.id_page[item]][off:off + vlen] = digits.ljust(vlen)
+            self._block_view[item >> ID_SHIFT][0][off:off + vlen] = digits.ljust(vlen)
             self.cas[item] = self.new_cas()
             return STORED, value, self.cas[item], False
         new = self._write(key, self.flags[item], self.exptime[item], digits, now)
@@ -957,3 +961,23 @@ class ItemStore:
     def items_of_class(self, cls_id: int):
         """Live item ids of a class, most recent first (for dumps and stats)."""
         return self.lru.items(cls_id)
+
+
+class _FlagsOf:
+    """``flags[item]``: an item's client flags, read from the digits of its
+    VALUE line.  They are not in the record (4 bytes an item saved; see
+    records.py): a text get never needs them as a number, and the meta,
+    binary and snapshot paths that do pay a parse."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: ItemStore) -> None:
+        self.store = store
+
+    def __getitem__(self, item: int) -> int:
+        store = self.store
+        page, first, chunk, _ = store._block_view[item >> ID_SHIFT]
+        start = (item - first) * chunk + KEY_OFFSET + store.klen[item] + 1
+        if page[start] == 48:       # b"0": the digits never have a leading zero
+            return 0
+        return int(page[start:page.index(b" ", start)])

@@ -125,8 +125,7 @@ class MetaCommands:
         self._mg_win_flags(parts, item, won)
         parts.append(b"\r\n")
         if f is not None and f.value:
-            off = store.id_offset[item] + store.vstart[item]
-            parts.append(store.pages[store.id_page[item]][off:off + store.vlen[item] + 2])
+            parts.append(store.value_line(item))
         out.append(b"".join(parts))
         store.hit(item, now, touched=ttl_set, bump=f is None or not f.no_update)
 
