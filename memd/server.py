@@ -382,7 +382,7 @@ class Server:
             # 5.7 µs and 50 unpipelined connections went from 81k to 91k
             # ops/s.  A reply waits at most one pass over the batch.
             replies = []
-            # lone single-key gets (TextProtocol.lone_get), answered together
+            # lone single-key gets (LONE_GET on a connection at rest), answered together
             lone_conns = []
             lone_keys = []
             batch = events

@@ -56,7 +56,8 @@ _PLAIN_KEY = rb"[^ \r\n\x00]{1,%d}" % KEY_MAX
 # pipelined read: matched and split in C instead of line by line.
 _GET_LINE = rb"get %s\r\n" % _PLAIN_KEY
 _GET_RUN = re.compile(rb"(?:%s)+" % _GET_LINE).match
-# one such line, the whole input (TextProtocol.at_rest)
+# one such line, the whole input: a lone get, which the server answers itself
+# on a connection at rest (TextProtocol.at_rest)
 LONE_GET = re.compile(_GET_LINE).fullmatch
 # a storage line the set fast path can take as it is: a plain key and three
 # plain decimal numbers of at most 9 digits (so flags fit 32 bits and
